@@ -1,0 +1,272 @@
+"""Argument checking and normalization shared by every public function.
+
+Each helper takes the public function's name (``fn``) for its messages, checks one thing, and
+returns it in the form the kernels want: C-contiguous arrays of the compute dtype, viewed as
+``(M, N)`` rows (or ``(N,)`` parameters, ``(M,)`` statistics). The checks are written for a
+short path on the common case (a C-contiguous float32/float64 ndarray), because at batch 1 the
+Python-side cost of a call is most of its cost.
+
+Dtype rules
+-----------
+======================  =============  ===========  ===================
+x dtype                 computed in    result       mean/rstd saved as
+======================  =============  ===========  ===================
+float32                 float32        float32      float32
+float64                 float64        float64      float64
+float16                 float32        float16      float32
+integer, bool           float64        float64      float64  (as np.mean)
+======================  =============  ===========  ===================
+
+``weight``, ``bias``, ``out`` and ``dy`` must have the result dtype; ``mean``/``rstd`` the
+saved dtype. Anything else (complex, object, strings, datetimes, long double) is a TypeError.
+"""
+
+import math
+import operator
+
+import numpy as np
+
+_F16 = np.dtype(np.float16)
+_F32 = np.dtype(np.float32)
+_F64 = np.dtype(np.float64)
+
+# input dtype -> (compute/saved dtype, result dtype)
+_DTYPES = {_F32: (_F32, _F32), _F64: (_F64, _F64), _F16: (_F32, _F16)}
+
+
+def dtypes(fn, name, dt):
+    """(compute dtype, result dtype) for an input of dtype ``dt``; TypeError if unsupported."""
+    try:
+        return _DTYPES[dt]
+    except KeyError:
+        pass
+    if dt.kind in "iub":
+        return _F64, _F64
+    raise TypeError(
+        f"{fn}: {name} has dtype {dt}, which is not supported; expected a float16, float32 or "
+        "float64 array (integer and bool arrays are converted to float64)"
+    )
+
+
+def as_array(fn, name, a):
+    """``a`` as an ndarray (array-likes such as lists are converted); TypeError otherwise."""
+    if type(a) is np.ndarray:
+        return a
+    if isinstance(a, np.ndarray):
+        return np.asarray(a)  # subclasses (np.matrix, masked arrays) become plain arrays
+    if hasattr(a, "__cuda_array_interface__") or hasattr(a, "copy_to_host"):
+        raise TypeError(
+            f"{fn}: {name} is a GPU array ({type(a).__name__}); the CPU functions take NumPy "
+            "arrays (copy it to the host, or use the CUDA path)"
+        )
+    try:
+        out = np.asarray(a)
+    except Exception as e:  # ragged lists and the like
+        raise TypeError(f"{fn}: {name} could not be converted to a NumPy array: {e}") from None
+    if out.dtype.kind not in "fiub":
+        raise TypeError(
+            f"{fn}: {name} must be a NumPy array of floats (or integers/bools), got "
+            f"{type(a).__name__} converting to dtype {out.dtype}"
+        )
+    return out
+
+
+def norm_axis(fn, axis, ndim):
+    """``axis`` as a non-negative int in [0, ndim); ValueError/TypeError otherwise."""
+    if type(axis) is not int:
+        if isinstance(axis, bool):
+            raise TypeError(f"{fn}: axis must be an int, got bool")
+        try:
+            axis = operator.index(axis)
+        except TypeError:
+            raise TypeError(f"{fn}: axis must be an int, got {type(axis).__name__}") from None
+    if not -ndim <= axis < ndim:
+        raise ValueError(
+            f"{fn}: axis {axis} is out of range for an input with {ndim} dimensions; expected "
+            f"{-ndim} <= axis < {ndim}"
+        )
+    return axis + ndim if axis < 0 else axis
+
+
+def check_eps(fn, eps):
+    """``eps`` as a float, finite and >= 0."""
+    if type(eps) is float and 0.0 <= eps < math.inf:
+        return eps
+    if type(eps) is not float:
+        if isinstance(eps, (bool, np.bool_)) or not isinstance(eps, (int, float, np.number)):
+            raise TypeError(f"{fn}: eps must be a real number, got {type(eps).__name__}")
+        if isinstance(eps, np.complexfloating):
+            raise TypeError(f"{fn}: eps must be a real number, got {type(eps).__name__}")
+        eps = float(eps)
+    if not 0.0 <= eps < math.inf:
+        raise ValueError(f"{fn}: eps must be finite and >= 0, got {eps}")
+    return eps
+
+
+def rows(fn, x, axis):
+    """Checks the main input and views it as rows.
+
+    x: (*B, *S) with S = x.shape[axis:]. Returns (x2, shape, axis, cdt, rdt): x2 (M, N) C-contiguous
+    of the compute dtype cdt (a view of x when possible, else a copy; x is never written),
+    shape = x.shape, axis as a non-negative int, rdt the result dtype.
+    """
+    if type(x) is not np.ndarray:
+        x = as_array(fn, "x", x)
+    dt = x.dtype
+    cdt, rdt = _DTYPES[dt] if dt in _DTYPES else dtypes(fn, "x", dt)
+    shape = x.shape
+    nd = len(shape)
+    if axis == -1 and nd and type(axis) is int:
+        axis = nd - 1
+        N = shape[axis]
+    else:
+        if nd == 0:
+            raise ValueError(
+                f"{fn}: x is 0-d (a scalar); expected an array with at least 1 dimension"
+            )
+        axis = norm_axis(fn, axis, nd)
+        N = math.prod(shape[axis:])
+    if N == 0:
+        raise ValueError(
+            f"{fn}: the normalized dimensions x.shape[{axis}:] = {shape[axis:]} contain a zero; "
+            "expected every normalized dimension to have length >= 1"
+        )
+    if dt is not cdt:
+        x = x.astype(cdt)
+    elif not x.flags.c_contiguous:
+        x = np.ascontiguousarray(x)
+    if nd != 2 or axis != 1:
+        x = x.reshape(-1, N)
+    return x, shape, axis, cdt, rdt
+
+
+def param(fn, name, p, shape, axis, cdt, rdt):
+    """Checks a per-element parameter (weight or bias) of shape ``shape[axis:]``.
+
+    Returns None or an (N,) C-contiguous array of the compute dtype (the caller's array itself
+    when it already is one; never modified).
+    """
+    if p is None:
+        return None
+    if (
+        type(p) is np.ndarray
+        and p.dtype is cdt
+        and p.ndim == 1
+        and len(shape) - axis == 1
+        and p.shape[0] == shape[axis]
+        and p.flags.c_contiguous
+    ):
+        return p  # the common case, checked in full
+    p = as_array(fn, name, p)
+    if p.shape != shape[axis:]:
+        raise ValueError(
+            f"{fn}: {name} has shape {p.shape}, expected {shape[axis:]} (x.shape[axis:] for x of "
+            f"shape {shape} and axis={axis})"
+        )
+    if p.dtype != rdt:
+        raise TypeError(f"{fn}: {name} has dtype {p.dtype}, expected {rdt} to match x")
+    if rdt is not cdt:
+        p = p.astype(cdt)
+    elif not p.flags.c_contiguous:
+        p = np.ascontiguousarray(p)
+    return p.reshape(-1)
+
+
+def prepare(fn, x, weight, bias, axis):
+    """``rows`` and ``param`` for x, weight and bias at once, with a short path for the common
+    case (C-contiguous float32/float64, 2-d x, axis=-1, matching 1-d parameters), where the
+    same checks take a fraction of the time.
+
+    Returns (x2, w, b, shape, axis, cdt, rdt) as ``rows`` and ``param`` do.
+    """
+    if type(x) is np.ndarray and axis == -1 and type(axis) is int:
+        dt = x.dtype
+        shape = x.shape
+        if (dt is _F32 or dt is _F64) and len(shape) == 2 and shape[1] and x.flags.c_contiguous:
+            wshape = shape[1:]
+            if (
+                weight is None
+                or (
+                    type(weight) is np.ndarray
+                    and weight.dtype is dt
+                    and weight.shape == wshape
+                    and weight.flags.c_contiguous
+                )
+            ) and (
+                bias is None
+                or (
+                    type(bias) is np.ndarray
+                    and bias.dtype is dt
+                    and bias.shape == wshape
+                    and bias.flags.c_contiguous
+                )
+            ):
+                return x, weight, bias, shape, 1, dt, dt
+    x2, shape, axis, cdt, rdt = rows(fn, x, axis)
+    w = param(fn, "weight", weight, shape, axis, cdt, rdt)
+    b = param(fn, "bias", bias, shape, axis, cdt, rdt)
+    return x2, w, b, shape, axis, cdt, rdt
+
+
+def like_x(fn, name, a, shape, N, cdt, rdt):
+    """Checks an array that must have x's shape and result dtype (``dy``).
+
+    Returns it as (M, N) C-contiguous rows of the compute dtype, like ``rows``.
+    """
+    a = as_array(fn, name, a)
+    if a.shape != shape:
+        raise ValueError(f"{fn}: {name} has shape {a.shape}, expected {shape} (the shape of x)")
+    if a.dtype != rdt:
+        raise TypeError(f"{fn}: {name} has dtype {a.dtype}, expected {rdt} to match x")
+    if rdt is not cdt:
+        a = a.astype(cdt)
+    elif not a.flags.c_contiguous:
+        a = np.ascontiguousarray(a)
+    return a.reshape(-1, N)
+
+
+def stats_shape(shape, axis):
+    """Shape of the saved mean/rstd: x.shape[:axis] + (1,) * (x.ndim - axis), as in ONNX."""
+    return shape[:axis] + (1,) * (len(shape) - axis)
+
+
+def stat(fn, name, a, shape, axis, cdt):
+    """Checks a saved statistic (mean or rstd) from the forward pass; returns it as (M,)."""
+    a = as_array(fn, name, a)
+    want = stats_shape(shape, axis)
+    if a.shape != want:
+        raise ValueError(
+            f"{fn}: {name} has shape {a.shape}, expected {want} (x.shape[:axis] + (1,) * k, as "
+            "returned by the forward pass)"
+        )
+    if a.dtype != cdt:
+        raise TypeError(
+            f"{fn}: {name} has dtype {a.dtype}, expected {cdt} (as returned by the forward pass)"
+        )
+    if not a.flags.c_contiguous:
+        a = np.ascontiguousarray(a)
+    return a.reshape(-1)
+
+
+def out_rows(fn, out, x, shape, N, cdt, rdt):
+    """Checks ``out`` (x's shape, result dtype, writeable).
+
+    Returns (y2, direct): y2 the (M, N) rows the kernel writes; ``direct`` is False when y2 is a
+    temporary whose values the caller must copy into ``out`` (``out`` not C-contiguous, of
+    another dtype than the compute dtype, or overlapping x other than exactly).
+    """
+    if type(out) is not np.ndarray:
+        raise TypeError(f"{fn}: out must be a numpy.ndarray or None, got {type(out).__name__}")
+    if out.shape != shape:
+        raise ValueError(f"{fn}: out has shape {out.shape}, expected {shape} (the shape of x)")
+    if out.dtype != rdt:
+        raise TypeError(f"{fn}: out has dtype {out.dtype}, expected {rdt} (the result dtype)")
+    if not out.flags.writeable:
+        raise ValueError(f"{fn}: out is read-only; expected a writeable array")
+    if (
+        rdt is cdt
+        and out.flags.c_contiguous
+        and (out is x or not np.may_share_memory(out, x))
+    ):
+        return out.reshape(-1, N), True
+    return np.empty((out.size // N, N), cdt), False

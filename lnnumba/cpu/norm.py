@@ -1,0 +1,335 @@
+"""CPU kernels for layer norm and RMSNorm: Numba ``@njit`` C-style loops.
+
+Everything here works on a 2-d row view of the data: ``M`` rows (examples) of ``N`` elements
+(the normalized dimensions, flattened). The caller (``lnnumba.norm``) validates arguments and
+builds those views; kernels trust them.
+
+One row routine per operation serves every path: the serial drivers loop over rows, the parallel
+drivers split the rows among threads, and the recurrent cells call the row routines directly.
+LN and RMSNorm share the routines: ``center=False`` skips the mean (RMSNorm).
+
+Numerics
+--------
+Arithmetic runs in the storage dtype (float32 at full SIMD width), made accurate by shifting
+each row by its first element before summing, and by two passes over the row (it is in cache for
+the second): the mean first, then the sum of squared deviations, never E[x^2]-E[x]^2, so float32
+rows with a large mean (1e4 + N(0, 1)) stay accurate (see ``row_stats``). The weight-gradient
+partial sums are added up across chunks in float64. ``fastmath`` is limited to flags
+that keep NaN/Inf semantics (no ``nnan``/``ninf``): a NaN or Inf in a row poisons that row only.
+
+Argument order (as in the rest of the package): outputs, inputs, parameters, sizes/scalars.
+Optional arrays are ``None``; Numba compiles a specialization per None/array combination and
+prunes the dead branches.
+"""
+
+import threading
+
+import numpy as np
+from numba import get_num_threads, njit, prange
+
+# Flags for reduction loops: reassociation lets LLVM vectorize them; no nnan/ninf, so NaN/Inf
+# propagate.
+FASTMATH = {"reassoc", "contract", "nsz", "arcp"}
+
+# Below this many elements a call runs serially: a parallel launch costs more than it saves.
+PARALLEL_MIN_ELEMENTS = 1 << 16
+
+# Rows per chunk of the backward pass's weight-gradient partial sums (see ``_n_chunks``).
+_CHUNK_ROWS = 32
+_MAX_CHUNKS = 256
+
+_jit = dict(nogil=True, cache=True)
+# Reductions: reassociation lets LLVM vectorize them; each difference inside is a single one,
+# which reassociation cannot regroup.
+_jit_reduce = dict(_jit, fastmath=FASTMATH)
+# Element-wise loops vectorize without reassociation, and must not reassociate: (x - x0) - c
+# would become x - (x0 + c), losing the digits the shift keeps.
+_jit_elementwise = dict(_jit, fastmath={"contract", "nsz"})
+
+
+# ---------------------------------------------------------------------------------------------
+# Row routines: one example each. Forward and backward side by side.
+# ---------------------------------------------------------------------------------------------
+
+
+@njit(**_jit_reduce)
+def row_stats(x, eps, center):
+    """Statistics of one row: (x0, c, r) with mean = x0 + c and r = 1/sqrt(var + eps).
+
+    x: (N,) float32/float64. x0 is the mean rounded to x's dtype, c = mean - x0 the rounding
+    (float64), r is float64. For RMSNorm (``center=False``) x0 = c = 0 and var is mean(x^2).
+
+    The sums run in x's dtype at full SIMD width and are made accurate by shifting: pass 1 sums
+    x - x[0], pass 2 sums (x - x0)^2, each difference exact or nearly (Sterbenz), so the sums add
+    numbers of the size of the spread, not of the mean; var = mean((x - x0)^2) - c^2 loses
+    nothing because |c| is half an ulp of the mean. No E[x^2] - E[x]^2: a float32 row of
+    1e4 + N(0, 1) keeps all its digits.
+    """
+    n = x.shape[0]
+    t = x.dtype.type
+    x0 = t(0)
+    c = 0.0
+    if center:
+        k = x[0]
+        s = t(0)
+        for j in range(n):
+            s += x[j] - k
+        mean = k + s / n
+        x0 = t(mean)
+        c = mean - x0
+    v = t(0)
+    for j in range(n):
+        d = x[j] - x0
+        v += d * d
+    return x0, c, 1.0 / np.sqrt(max(v / n - c * c, 0.0) + eps)
+
+
+@njit(**_jit_elementwise)
+def row_forward(y, x, w, b, x0, c, r):
+    """y = ((x - x0) - c) * r * w + b for one row; ``w``/``b`` may be None (1 and 0).
+
+    y: (N,) out, dtype of x; x: (N,); w, b: (N,) or None; x0, c, r: as ``row_stats`` returns.
+    Compiled without reassociation, so ``(x - x0) - c`` is evaluated as written.
+    """
+    n = x.shape[0]
+    t = x.dtype.type
+    rt = t(r)
+    ct = t(c)
+    for j in range(n):
+        v = ((x[j] - x0) - ct) * rt
+        if w is not None:
+            v = v * w[j]
+        if b is not None:
+            v = v + b[j]
+        y[j] = v
+
+
+@njit(**_jit_reduce)
+def row_backward_sums(dy, x, w, m):
+    """First pass of the row backward: sums over the row, each of single differences.
+
+    dy, x: (N,); w: (N,) or None; m: the saved mean in x's dtype (0 for RMSNorm).
+    Returns (sum(x - m), sum(gy), sum(gy * (x - m))) with gy = dy * w.
+    """
+    n = x.shape[0]
+    t = x.dtype.type
+    s_e = t(0)
+    s_g = t(0)
+    s_ge = t(0)
+    for j in range(n):
+        e = x[j] - m
+        g = dy[j]
+        if w is not None:
+            g = g * w[j]
+        s_e += e
+        s_g += g
+        s_ge += g * e
+    return s_e, s_g, s_ge
+
+
+@njit(**_jit_elementwise)
+def row_backward(dx, dw_acc, db_acc, dy, x, w, m, c, r, mean_gy, mean_gyxh):
+    """Second pass of the row backward: dx, and dw/db accumulated (``+=``).
+
+    dx: (N,) out; dw_acc, db_acc: (N,) accumulators of x's dtype; dy, x: (N,); w: (N,) or None;
+    m, c: the row's mean as m + c (0 for RMSNorm); r: rstd; mean_gy, mean_gyxh: row means of
+    gy = dy * w and gy * xhat.
+
+    With xhat = (x - m - c) r, the backward pass of y = xhat * w + b is
+        dx = r * (gy - mean(gy) - xhat * mean(gy * xhat)),  dw += dy * xhat,  db += dy
+    (RMSNorm has no mean(gy) term: the caller passes 0).
+    """
+    n = x.shape[0]
+    t = x.dtype.type
+    rt = t(r)
+    ct = t(c)
+    a = t(mean_gy)
+    bb = t(mean_gyxh)
+    for j in range(n):
+        xh = ((x[j] - m) - ct) * rt
+        g = dy[j]
+        dw_acc[j] += g * xh
+        db_acc[j] += g
+        if w is not None:
+            g = g * w[j]
+        dx[j] = rt * (g - a - xh * bb)
+
+
+# ---------------------------------------------------------------------------------------------
+# Drivers over rows. Serial and parallel drivers share the row routines above.
+# ---------------------------------------------------------------------------------------------
+
+
+@njit(**_jit)
+def _forward_rows(y, mean, rstd, x, w, b, eps, center, lo, hi):
+    """Rows lo..hi-1 of the forward pass.
+
+    y: (M, N) out; mean, rstd: (M,) out or None; x: (M, N); w, b: (N,) or None.
+    """
+    for i in range(lo, hi):
+        x0, c, r = row_stats(x[i], eps, center)
+        row_forward(y[i], x[i], w, b, x0, c, r)
+        if mean is not None:
+            mean[i] = x0 + c * 1.0
+        if rstd is not None:
+            rstd[i] = r
+
+
+@njit(**_jit)
+def forward_serial(y, mean, rstd, x, w, b, eps, center, nt):
+    """Forward pass over all rows on the calling thread (shapes as ``_forward_rows``; ``nt``
+    is unused, for the same signature as ``forward_parallel``)."""
+    _forward_rows(y, mean, rstd, x, w, b, eps, center, 0, x.shape[0])
+
+
+@njit(parallel=True, **_jit)
+def forward_parallel(y, mean, rstd, x, w, b, eps, center, nt):
+    """Forward pass with the rows split into ``nt`` contiguous blocks, one per thread."""
+    M = x.shape[0]
+    nt = max(1, min(nt, M))
+    for t in prange(nt):
+        _forward_rows(y, mean, rstd, x, w, b, eps, center, t * M // nt, (t + 1) * M // nt)
+
+
+@njit(**_jit)
+def _backward_rows(dx, dw_acc, db_acc, dy, x, mean, rstd, w, lo, hi):
+    """Rows lo..hi-1 of the backward pass, accumulating into dw_acc/db_acc (N,) of x's dtype.
+
+    dx: (M, N) out; dy, x: (M, N); mean: (M,) or None (RMSNorm); rstd: (M,); w: (N,) or None.
+    """
+    t = x.dtype.type
+    n = x.shape[1]
+    for i in range(lo, hi):
+        m = t(0)
+        if mean is not None:
+            m = t(mean[i])
+        r = rstd[i] * 1.0
+        s_e, s_g, s_ge = row_backward_sums(dy[i], x[i], w, m)
+        c = 0.0
+        mean_gy = 0.0
+        if mean is not None:
+            c = s_e / n  # mean(x) - m: the saved mean's rounding
+            mean_gy = s_g / n
+        # mean(gy * xhat) = r * mean(gy * (x - m - c))
+        mean_gyxh = r * (s_ge - c * s_g) / n
+        row_backward(dx[i], dw_acc, db_acc, dy[i], x[i], w, m, c, r, mean_gy, mean_gyxh)
+
+
+def n_chunks(M):
+    """Row chunks of the backward pass, each with its own dw/db partial sums. A function of M
+    alone (not of the thread count), so the serial and parallel drivers add the same numbers in
+    the same order: results are bit-identical and independent of the machine's core count."""
+    return max(1, min(_MAX_CHUNKS, M // _CHUNK_ROWS))
+
+
+@njit(**_jit)
+def _sum_partials(dw, part):
+    """dw[j] = sum over c of part[c, j], in chunk order, added in float64.
+
+    dw: (N,) out; part: (C, N) partial sums of one chunk each."""
+    acc = np.zeros(part.shape[1])
+    for c in range(part.shape[0]):
+        for j in range(part.shape[1]):
+            acc[j] += part[c, j]
+    for j in range(part.shape[1]):
+        dw[j] = acc[j]
+
+
+@njit(**_jit)
+def _backward_chunk(dx, part_w, part_b, dy, x, mean, rstd, w, c):
+    """Chunk c of the backward pass. part_w, part_b: (C, N) partials; rest as
+    ``backward_serial``."""
+    M = x.shape[0]
+    nc = part_w.shape[0]
+    lo = c * M // nc
+    hi = (c + 1) * M // nc
+    _backward_rows(dx, part_w[c], part_b[c], dy, x, mean, rstd, w, lo, hi)
+
+
+@njit(**_jit)
+def backward_serial(dx, dw, db, part_w, part_b, dy, x, mean, rstd, w):
+    """Backward pass over all rows on the calling thread.
+
+    dx: (M, N) out; dw, db: (N,) out; part_w, part_b: (n_chunks(M), N) scratch of x's dtype, zeroed
+    by the caller; dy, x: (M, N); mean: (M,) or None (RMSNorm); rstd: (M,); w: (N,) or None.
+    """
+    for c in range(part_w.shape[0]):
+        _backward_chunk(dx, part_w, part_b, dy, x, mean, rstd, w, c)
+    _sum_partials(dw, part_w)
+    _sum_partials(db, part_b)
+
+
+@njit(parallel=True, **_jit)
+def backward_parallel(dx, dw, db, part_w, part_b, dy, x, mean, rstd, w):
+    """``backward_serial`` with the chunks spread over threads (same sums, same order)."""
+    for c in prange(part_w.shape[0]):
+        _backward_chunk(dx, part_w, part_b, dy, x, mean, rstd, w, c)
+    _sum_partials(dw, part_w)
+    _sum_partials(db, part_b)
+
+
+# ---------------------------------------------------------------------------------------------
+# Choosing a driver. Numba's ``workqueue`` threading layer aborts the process when parallel
+# functions are entered from several threads at once, so at most one thread at a time runs a
+# parallel driver; a thread that finds it busy runs the serial driver instead (kernels release
+# the GIL, so concurrent callers still run in parallel with each other).
+# ---------------------------------------------------------------------------------------------
+
+_parallel_lock = threading.Lock()
+
+
+def _entry_point(dispatcher, args):
+    """The compiled function that ``dispatcher(*args)`` runs, callable without Numba's per-call
+    type dispatch (a third of the cost of a batch-1 call). Compiles, or loads from the on-disk
+    cache, on first use."""
+    sig = tuple(dispatcher.typeof_pyval(a) for a in args)
+    if sig not in dispatcher.overloads:
+        dispatcher.compile(sig)
+    return dispatcher.overloads[sig].entry_point
+
+
+# Serial forward entry points by (dtype, mean is None, rstd is None, w is None, b is None): with
+# every array C-contiguous of x's dtype (the callers' contract), that key fixes the signature.
+_forward_entries = {}
+
+
+def forward(y, mean, rstd, x, w, b, eps, center):
+    """Layer norm (``center=True``) or RMSNorm forward over rows, serial or parallel by size.
+
+    y: (M, N) out; mean, rstd: (M,) out or None; x: (M, N); w, b: (N,) or None; all C-contiguous
+    float32 or float64 of one dtype; eps: float.
+    """
+    if x.size < PARALLEL_MIN_ELEMENTS:
+        f = _forward_entries.get((x.dtype, mean is None, rstd is None, w is None, b is None))
+        if f is None:
+            args = (y, mean, rstd, x, w, b, eps, center, 1)
+            f = _forward_entries[(x.dtype, mean is None, rstd is None, w is None, b is None)] = (
+                _entry_point(forward_serial, args)
+            )
+        f(y, mean, rstd, x, w, b, eps, center, 1)
+    elif x.shape[0] > 1 and _parallel_lock.acquire(False):
+        try:
+            forward_parallel(y, mean, rstd, x, w, b, eps, center, get_num_threads())
+        finally:
+            _parallel_lock.release()
+    else:
+        forward_serial(y, mean, rstd, x, w, b, eps, center, 1)
+
+
+def backward(dx, dw, db, dy, x, mean, rstd, w):
+    """Backward of ``forward``: dx, and dw/db summed over rows.
+
+    dx: (M, N) out; dw, db: (N,) out; dy, x: (M, N); mean: (M,) or None (RMSNorm); rstd: (M,);
+    w: (N,) or None; all C-contiguous, one float dtype.
+    """
+    M, N = x.shape
+    nc = n_chunks(M)
+    part_w = np.zeros((nc, N), x.dtype)  # per-chunk partial sums
+    part_b = np.zeros((nc, N), x.dtype)
+    if nc > 1 and x.size >= PARALLEL_MIN_ELEMENTS and _parallel_lock.acquire(False):
+        try:
+            backward_parallel(dx, dw, db, part_w, part_b, dy, x, mean, rstd, w)
+        finally:
+            _parallel_lock.release()
+    else:
+        backward_serial(dx, dw, db, part_w, part_b, dy, x, mean, rstd, w)

@@ -1,0 +1,5 @@
+"""Stateful pieces with params/forward/backward."""
+
+from .norm import LayerNorm, RMSNorm
+
+__all__ = ["LayerNorm", "RMSNorm"]

@@ -1,0 +1,177 @@
+"""Public layer norm and RMSNorm: check the arguments once, allocate, call one kernel.
+
+Semantics follow ONNX ``LayerNormalization`` / ``RMSNormalization`` (see ``lnnumba.reference``
+for the executable specification and ``lnnumba._args`` for the dtype rules).
+"""
+
+import numpy as np
+
+from . import _args
+from .cpu import norm as _cpu
+
+# --- layer norm -------------------------------------------------------------------------------
+
+
+def layer_norm(x, weight=None, bias=None, *, eps=1e-5, axis=-1, out=None):
+    """Layer normalization: ``(x - mean) / sqrt(var + eps) * weight + bias``.
+
+    The mean and (biased) variance are taken per example over the dimensions ``x.shape[axis:]``.
+
+    Parameters
+    ----------
+    x : ndarray, shape (*B, *S) with S = x.shape[axis:]
+        float32 or float64 (computed natively), float16 (computed in float32), integer or bool
+        (converted to float64). Any layout; never modified.
+    weight, bias : ndarray of shape S and x's result dtype, or None (1 and 0)
+    eps : float >= 0, finite
+    axis : int, the first normalized dimension (negative counts from the end)
+    out : ndarray of x's shape and result dtype, or None
+        Where to write the result; may be ``x`` itself (in place).
+
+    Returns
+    -------
+    y : ndarray, x's shape, the result dtype (float16 for float16 x, float64 for integer x)
+
+    Raises
+    ------
+    TypeError
+        unsupported dtype (complex, object, strings, ...), dtype mismatch of weight/bias/out,
+        non-integer axis, non-numeric eps.
+    ValueError
+        0-d x, axis out of range, a zero-length normalized dimension, wrong shape of
+        weight/bias/out, negative or non-finite eps, read-only out.
+    """
+    fn = "layer_norm"
+    x2, w, b, shape, axis, cdt, rdt = _args.prepare(fn, x, weight, bias, axis)
+    if eps != 1e-5:
+        eps = _args.check_eps(fn, eps)
+    if out is None:
+        y2 = np.empty(x2.shape, cdt)
+        _cpu.forward(y2, None, None, x2, w, b, eps, True)
+        return y2 if x2 is x else _shaped(y2, shape, rdt)
+    y2, direct = _args.out_rows(fn, out, x, shape, x2.shape[1], cdt, rdt)
+    _cpu.forward(y2, None, None, x2, w, b, eps, True)
+    if not direct:
+        np.copyto(out, y2.reshape(shape), casting="unsafe")
+    return out
+
+
+def layer_norm_forward(x, weight=None, bias=None, *, eps=1e-5, axis=-1):
+    """Layer norm that also returns the statistics the backward pass needs.
+
+    Arguments as ``layer_norm``. Returns ``(y, mean, rstd)``: y of x's shape and result dtype;
+    mean and rstd = 1/sqrt(var + eps) of shape ``x.shape[:axis] + (1,) * k`` (the k normalized
+    dimensions kept as size 1, as ONNX's Mean/InvStdDev), float32 for float16/float32 x, else
+    float64. Raises as ``layer_norm``.
+    """
+    fn = "layer_norm_forward"
+    x2, w, b, shape, axis, cdt, rdt = _args.prepare(fn, x, weight, bias, axis)
+    eps = _args.check_eps(fn, eps)
+    M = x2.shape[0]
+    y2 = np.empty(x2.shape, cdt)
+    mean = np.empty(M, cdt)
+    rstd = np.empty(M, cdt)
+    _cpu.forward(y2, mean, rstd, x2, w, b, eps, True)
+    sshape = _args.stats_shape(shape, axis)
+    return _shaped(y2, shape, rdt), mean.reshape(sshape), rstd.reshape(sshape)
+
+
+def layer_norm_backward(dy, x, mean, rstd, weight=None, *, axis=-1):
+    """Gradients of ``layer_norm_forward`` with respect to x, weight and bias.
+
+    Parameters
+    ----------
+    dy : ndarray, x's shape and result dtype: the gradient of the loss with respect to y
+    x : ndarray, the forward pass's input
+    mean, rstd : ndarray, as returned by ``layer_norm_forward(x, ...)`` (same axis)
+    weight : ndarray of shape x.shape[axis:], or None, as given to the forward pass
+    axis : int, as given to the forward pass
+
+    Returns
+    -------
+    (dx, dweight, dbias)
+        dx of x's shape; dweight and dbias of shape x.shape[axis:] (returned whether or not the
+        forward pass used a weight or bias); all of x's result dtype.
+
+    Raises
+    ------
+    TypeError, ValueError
+        as ``layer_norm``, and for dy/mean/rstd of the wrong shape or dtype.
+    """
+    fn = "layer_norm_backward"
+    x2, shape, axis, cdt, rdt = _args.rows(fn, x, axis)
+    N = x2.shape[1]
+    dy2 = _args.like_x(fn, "dy", dy, shape, N, cdt, rdt)
+    m = _args.stat(fn, "mean", mean, shape, axis, cdt)
+    r = _args.stat(fn, "rstd", rstd, shape, axis, cdt)
+    w = _args.param(fn, "weight", weight, shape, axis, cdt, rdt)
+    dx2 = np.empty(x2.shape, cdt)
+    dw = np.empty(N, cdt)
+    db = np.empty(N, cdt)
+    _cpu.backward(dx2, dw, db, dy2, x2, m, r, w)
+    return _shaped(dx2, shape, rdt), _shaped(dw, shape[axis:], rdt), _shaped(db, shape[axis:], rdt)
+
+
+# --- RMSNorm ----------------------------------------------------------------------------------
+
+
+def rms_norm(x, weight=None, *, eps=1e-6, axis=-1, out=None):
+    """RMS normalization: ``x / sqrt(mean(x**2) + eps) * weight`` over ``x.shape[axis:]``.
+
+    Arguments, dtypes, result and errors as ``layer_norm`` (there is no bias).
+    """
+    fn = "rms_norm"
+    x2, w, _, shape, axis, cdt, rdt = _args.prepare(fn, x, weight, None, axis)
+    if eps != 1e-6:
+        eps = _args.check_eps(fn, eps)
+    if out is None:
+        y2 = np.empty(x2.shape, cdt)
+        _cpu.forward(y2, None, None, x2, w, None, eps, False)
+        return y2 if x2 is x else _shaped(y2, shape, rdt)
+    y2, direct = _args.out_rows(fn, out, x, shape, x2.shape[1], cdt, rdt)
+    _cpu.forward(y2, None, None, x2, w, None, eps, False)
+    if not direct:
+        np.copyto(out, y2.reshape(shape), casting="unsafe")
+    return out
+
+
+def rms_norm_forward(x, weight=None, *, eps=1e-6, axis=-1):
+    """RMSNorm that also returns ``rstd = 1/sqrt(mean(x**2) + eps)`` for the backward pass.
+
+    Returns ``(y, rstd)``, shapes and dtypes as ``layer_norm_forward``. Raises as ``layer_norm``.
+    """
+    fn = "rms_norm_forward"
+    x2, w, _, shape, axis, cdt, rdt = _args.prepare(fn, x, weight, None, axis)
+    eps = _args.check_eps(fn, eps)
+    y2 = np.empty(x2.shape, cdt)
+    rstd = np.empty(x2.shape[0], cdt)
+    _cpu.forward(y2, None, rstd, x2, w, None, eps, False)
+    return _shaped(y2, shape, rdt), rstd.reshape(_args.stats_shape(shape, axis))
+
+
+def rms_norm_backward(dy, x, rstd, weight=None, *, axis=-1):
+    """Gradients of ``rms_norm_forward`` with respect to x and weight.
+
+    Arguments as ``layer_norm_backward`` without ``mean``. Returns ``(dx, dweight)``: dx of x's
+    shape, dweight of shape x.shape[axis:] (returned whether or not the forward used a weight),
+    both of x's result dtype. Raises as ``layer_norm_backward``.
+    """
+    fn = "rms_norm_backward"
+    x2, shape, axis, cdt, rdt = _args.rows(fn, x, axis)
+    N = x2.shape[1]
+    dy2 = _args.like_x(fn, "dy", dy, shape, N, cdt, rdt)
+    r = _args.stat(fn, "rstd", rstd, shape, axis, cdt)
+    w = _args.param(fn, "weight", weight, shape, axis, cdt, rdt)
+    dx2 = np.empty(x2.shape, cdt)
+    dw = np.empty(N, cdt)
+    db = np.empty(N, cdt)  # computed alongside, not returned
+    _cpu.backward(dx2, dw, db, dy2, x2, None, r, w)
+    return _shaped(dx2, shape, rdt), _shaped(dw, shape[axis:], rdt)
+
+
+def _shaped(a, shape, rdt):
+    """``a`` reshaped to ``shape`` in the result dtype (``a`` itself, or a view of it, when no
+    conversion is needed)."""
+    if a.dtype is not rdt:
+        a = a.astype(rdt)
+    return a if a.shape == shape else a.reshape(shape)

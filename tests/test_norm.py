@@ -1,0 +1,330 @@
+"""Public layer_norm / rms_norm (forward + backward) against the float64 reference."""
+
+import numpy as np
+import pytest
+from conftest import dx_err, rel_err
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+import lnnumba as L
+from lnnumba import reference as R
+from lnnumba.cpu import norm as K
+
+TOL = {np.float64: 1e-12, np.float32: 2e-6, np.float16: 2e-3}
+
+
+def make(rng, shape, dtype):
+    return (rng.standard_normal(shape) * 2 + 0.5).astype(dtype)
+
+
+# --- property-based: many shapes, axes, dtypes ------------------------------------------------
+
+
+@st.composite
+def cases(draw):
+    shape = draw(hnp.array_shapes(min_dims=1, max_dims=4, min_side=1, max_side=9))
+    axis = draw(st.integers(-len(shape), len(shape) - 1))
+    dtype = draw(st.sampled_from([np.float32, np.float64, np.float16]))
+    affine = draw(st.sampled_from(["none", "weight", "both"]))
+    seed = draw(st.integers(0, 2**31))
+    return shape, axis, dtype, affine, seed
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(cases())
+def test_layer_norm_matches_reference(case):
+    shape, axis, dtype, affine, seed = case
+    rng = np.random.default_rng(seed)
+    x = make(rng, shape, dtype)
+    S = x.shape[axis:]
+    w = make(rng, S, dtype) if affine != "none" else None
+    b = make(rng, S, dtype) if affine == "both" else None
+    y, mean, rstd = L.layer_norm_forward(x, w, b, axis=axis)
+    yr, mr, rr = R.layer_norm_forward(x, w, b, 1e-5, axis)
+    tol = TOL[dtype]
+    assert y.dtype == dtype and y.shape == x.shape
+    assert mean.shape == mr.shape and rstd.shape == rr.shape
+    assert rel_err(y, yr) < tol * 10
+    # the mean's error is measured against the row's spread (a mean near 0 has no relative digits)
+    assert np.all(np.abs(mean - mr) <= tol * (np.abs(mr) + 1 / rr))
+    assert rel_err(rstd, rr) < tol
+    np.testing.assert_array_equal(L.layer_norm(x, w, b, axis=axis), y)
+
+    dy = make(rng, shape, dtype)
+    dx, dw, db = L.layer_norm_backward(dy, x, mean, rstd, w, axis=axis)
+    dxr, dwr, dbr = R.layer_norm_backward(dy, x, mr, rr, w, axis)
+    assert dx.dtype == dw.dtype == db.dtype == dtype
+    assert dw.shape == db.shape == S
+    assert dx_err(dx, dxr, rr, dy, w) < tol * 100
+    assert rel_err(dw, dwr) < tol * 10 and rel_err(db, dbr) < tol * 10
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(cases())
+def test_rms_norm_matches_reference(case):
+    shape, axis, dtype, affine, seed = case
+    rng = np.random.default_rng(seed)
+    x = make(rng, shape, dtype)
+    S = x.shape[axis:]
+    w = make(rng, S, dtype) if affine != "none" else None
+    y, rstd = L.rms_norm_forward(x, w, axis=axis)
+    yr, rr = R.rms_norm_forward(x, w, 1e-6, axis)
+    tol = TOL[dtype]
+    assert y.dtype == dtype and rstd.shape == rr.shape
+    assert rel_err(y, yr) < tol * 10 and rel_err(rstd, rr) < tol
+    np.testing.assert_array_equal(L.rms_norm(x, w, axis=axis), y)
+    dy = make(rng, shape, dtype)
+    dx, dw = L.rms_norm_backward(dy, x, rstd, w, axis=axis)
+    dxr, dwr = R.rms_norm_backward(dy, x, rr, w, axis)
+    assert dx.dtype == dw.dtype == dtype and dw.shape == S
+    assert dx_err(dx, dxr, rr, dy, w) < tol * 100 and rel_err(dw, dwr) < tol * 10
+
+
+# --- sizes that exercise vector remainders and the parallel path --------------------------------
+
+
+@pytest.mark.parametrize("N", [1, 2, 3, 15, 16, 17, 33, 1000, 1025, 4099])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_widths(rng, N, dtype):
+    x = make(rng, (5, N), dtype)
+    w, b = make(rng, N, dtype), make(rng, N, dtype)
+    y, m, r = L.layer_norm_forward(x, w, b)
+    yr, mr, rr = R.layer_norm_forward(x, w, b)
+    assert rel_err(y, yr) < TOL[dtype] * 10
+    dy = make(rng, (5, N), dtype)
+    dx, dw, db = L.layer_norm_backward(dy, x, m, r, w)
+    dxr, dwr, dbr = R.layer_norm_backward(dy, x, mr, rr, w)
+    assert dx_err(dx, dxr, rr, dy, w) < TOL[dtype] * 100
+    assert rel_err(dw, dwr) < TOL[dtype] * 10 and rel_err(db, dbr) < TOL[dtype] * 10
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_serial_and_parallel_paths_are_identical(rng, dtype):
+    M, N = 300, 257  # several backward chunks, more elements than the parallel threshold
+    x = make(rng, (M, N), dtype)
+    w, b, dy = make(rng, N, dtype), make(rng, N, dtype), make(rng, (M, N), dtype)
+    outs = []
+    for fwd, bwd in [
+        (K.forward_serial, K.backward_serial),
+        (K.forward_parallel, K.backward_parallel),
+    ]:
+        y, m, r = np.empty_like(x), np.empty(M, dtype), np.empty(M, dtype)
+        fwd(y, m, r, x, w, b, 1e-5, True, 2)
+        dx, dw, db = np.empty_like(x), np.empty(N, dtype), np.empty(N, dtype)
+        nc = K.n_chunks(M)
+        bwd(dx, dw, db, np.zeros((nc, N), dtype), np.zeros((nc, N), dtype), dy, x, m, r, w)
+        outs.append((y, m, r, dx, dw, db))
+    for a, b_ in zip(*outs):
+        np.testing.assert_array_equal(a, b_)
+    yr, mr, rr = R.layer_norm_forward(x, w, b)
+    assert rel_err(outs[0][0], yr) < TOL[dtype] * 10
+    assert K.n_chunks(M) > 1
+
+
+def test_large_public_call_uses_parallel_path_and_matches(rng):
+    x = make(rng, (512, 1024), np.float32)
+    assert x.size >= K.PARALLEL_MIN_ELEMENTS
+    w, b = make(rng, 1024, np.float32), make(rng, 1024, np.float32)
+    y, m, r = L.layer_norm_forward(x, w, b)
+    assert rel_err(y, R.layer_norm_forward(x, w, b)[0]) < 1e-5
+    dy = make(rng, x.shape, np.float32)
+    got = L.layer_norm_backward(dy, x, m, r, w)
+    ref = R.layer_norm_backward(dy, x, *R.layer_norm_forward(x, w, b)[1:], w)
+    for a, b_ in zip(got, ref):
+        assert rel_err(a, b_) < 1e-5
+
+
+@pytest.mark.parametrize("N", [7, 1024, 4096])
+def test_float32_large_mean_stays_accurate(rng, N):
+    x = (1e4 + rng.standard_normal((6, N))).astype(np.float32)
+    dy = rng.standard_normal((6, N)).astype(np.float32)
+    w = (1 + 0.1 * rng.standard_normal(N)).astype(np.float32)
+    y, m, r = L.layer_norm_forward(x, w)
+    yr, mr, rr = R.layer_norm_forward(x, w)
+    assert rel_err(y, yr) < 1e-4
+    for a, b_ in zip(
+        L.layer_norm_backward(dy, x, m, r, w), R.layer_norm_backward(dy, x, mr, rr, w)
+    ):
+        assert rel_err(a, b_) < 1e-4
+    y, r = L.rms_norm_forward(x, w)
+    assert rel_err(y, R.rms_norm_forward(x, w)[0]) < 1e-4
+
+
+def test_outlier_first_element_stays_accurate(rng):
+    x = rng.standard_normal((3, 256)).astype(np.float32)
+    x[:, 0] = 3e3  # a shift far from the mean takes the exact two-pass route
+    y, m, r = L.layer_norm_forward(x)
+    assert rel_err(y, R.layer_norm_forward(x)[0]) < 1e-5
+
+
+# --- backward by finite differences (float64, through the public API) --------------------------
+
+
+@pytest.mark.parametrize("shape,axis", [((3, 6), -1), ((2, 3, 4), 1)])
+def test_layer_norm_backward_finite_differences(rng, shape, axis):
+    x = rng.standard_normal(shape)
+    w = rng.standard_normal(shape[axis:])
+    b = rng.standard_normal(shape[axis:])
+    g = rng.standard_normal(shape)
+    _, m, r = L.layer_norm_forward(x, w, b, axis=axis)
+    dx, dw, db = L.layer_norm_backward(g, x, m, r, w, axis=axis)
+    h = 1e-6
+    for arr, grad in [(x, dx), (w, dw), (b, db)]:
+        flat = arr.reshape(-1)
+        for i in range(flat.size):
+            old = flat[i]
+            flat[i] = old + h
+            fp = np.sum(L.layer_norm(x, w, b, axis=axis) * g)
+            flat[i] = old - h
+            fm = np.sum(L.layer_norm(x, w, b, axis=axis) * g)
+            flat[i] = old
+            assert abs((fp - fm) / (2 * h) - grad.reshape(-1)[i]) < 1e-6 * (1 + abs(grad).max())
+
+
+def test_rms_norm_backward_finite_differences(rng):
+    x = rng.standard_normal((3, 5))
+    w = rng.standard_normal(5)
+    g = rng.standard_normal((3, 5))
+    _, r = L.rms_norm_forward(x, w)
+    dx, dw = L.rms_norm_backward(g, x, r, w)
+    h = 1e-6
+    for arr, grad in [(x, dx), (w, dw)]:
+        flat = arr.reshape(-1)
+        for i in range(flat.size):
+            old = flat[i]
+            flat[i] = old + h
+            fp = np.sum(L.rms_norm(x, w) * g)
+            flat[i] = old - h
+            fm = np.sum(L.rms_norm(x, w) * g)
+            flat[i] = old
+            assert abs((fp - fm) / (2 * h) - grad.reshape(-1)[i]) < 1e-6 * (1 + abs(grad).max())
+
+
+# --- layouts, dtypes, out= ---------------------------------------------------------------------
+
+
+def test_strided_fortran_and_noncontiguous_inputs(rng):
+    base = make(rng, (8, 12), np.float64)
+    w = make(rng, 6, np.float64)
+    for x in [base[:, ::2], base[::2, ::2], np.asfortranarray(base)[:, :6], base.T[:6, :].T]:
+        before = x.copy()
+        y, m, r = L.layer_norm_forward(x, w)
+        np.testing.assert_allclose(y, R.layer_norm_forward(x, w)[0], rtol=1e-12, atol=1e-12)
+        dx, dw, db = L.layer_norm_backward(np.asfortranarray(x), x, m, r, w[::-1][::-1])
+        ref = R.layer_norm_backward(x, x, *R.layer_norm_forward(x, w)[1:], w)
+        for a, b_ in zip((dx, dw, db), ref):
+            np.testing.assert_allclose(a, b_, rtol=1e-10, atol=1e-12)
+        np.testing.assert_array_equal(x, before)
+    wide = make(rng, (4, 20), np.float64)
+    np.testing.assert_allclose(
+        L.layer_norm(wide, wide[0, ::2].copy()[:20:2] if False else None),
+        R.layer_norm_forward(wide)[0],
+        rtol=1e-12,
+        atol=1e-12,
+    )
+    ws = make(rng, 40, np.float64)[::2]  # strided weight
+    np.testing.assert_allclose(
+        L.layer_norm(wide, ws), R.layer_norm_forward(wide, ws)[0], rtol=1e-12, atol=1e-12
+    )
+
+
+def test_inputs_are_never_modified(rng):
+    x = make(rng, (4, 9), np.float32)
+    w, b, dy = make(rng, 9, np.float32), make(rng, 9, np.float32), make(rng, (4, 9), np.float32)
+    copies = [a.copy() for a in (x, w, b, dy)]
+    y, m, r = L.layer_norm_forward(x, w, b)
+    mc, rc = m.copy(), r.copy()
+    L.layer_norm(x, w, b)
+    L.layer_norm_backward(dy, x, m, r, w)
+    L.rms_norm_backward(dy, x, L.rms_norm_forward(x, w)[1], w)
+    for a, c in zip((x, w, b, dy, m, r), copies + [mc, rc]):
+        np.testing.assert_array_equal(a, c)
+
+
+def test_integer_and_bool_inputs_promote_to_float64(rng):
+    xi = rng.integers(-5, 5, (3, 4)).astype(np.int32)
+    y = L.layer_norm(xi)
+    assert y.dtype == np.float64
+    np.testing.assert_allclose(y, R.layer_norm_forward(xi)[0], rtol=1e-12, atol=1e-12)
+    xb = np.array([[True, False, True], [False, False, True]])
+    y, m, r = L.layer_norm_forward(xb)
+    assert y.dtype == m.dtype == np.float64
+    np.testing.assert_allclose(y, R.layer_norm_forward(xb)[0], rtol=1e-12, atol=1e-12)
+    dx, dw, db = L.layer_norm_backward(np.ones((2, 3)), xb, m, r)
+    assert dx.dtype == np.float64
+    assert L.rms_norm(xi).dtype == np.float64
+
+
+def test_float16_computed_in_float32(rng):
+    x = make(rng, (3, 64), np.float16)
+    w = make(rng, 64, np.float16)
+    y, m, r = L.layer_norm_forward(x, w)
+    assert y.dtype == np.float16 and m.dtype == r.dtype == np.float32
+    ref = R.layer_norm_forward(x, w)[0].astype(np.float16)
+    np.testing.assert_array_equal(y, ref)  # float32 compute rounds to the same float16
+
+
+def test_out_argument(rng):
+    x = make(rng, (4, 8), np.float32)
+    w = make(rng, 8, np.float32)
+    want = L.layer_norm(x, w)
+    out = np.empty_like(x)
+    assert L.layer_norm(x, w, out=out) is out
+    np.testing.assert_array_equal(out, want)
+    fo = np.empty((4, 8), np.float32, order="F")  # non-contiguous out
+    L.layer_norm(x, w, out=fo)
+    np.testing.assert_array_equal(fo, want)
+    xi = x.copy()  # in place
+    assert L.layer_norm(xi, w, out=xi) is xi
+    np.testing.assert_array_equal(xi, want)
+    xo = x.copy()  # overlapping, shifted: goes through a temporary
+    big = np.concatenate([xo.reshape(-1), np.zeros(8, np.float32)])
+    L.layer_norm(big[:32].reshape(4, 8), w, out=big[8:].reshape(4, 8))
+    np.testing.assert_array_equal(big[8:].reshape(4, 8), want)
+    h = make(rng, (2, 8), np.float16)
+    oh = np.empty_like(h)
+    np.testing.assert_array_equal(L.rms_norm(h, out=oh), L.rms_norm(h))
+    o = np.empty_like(x)
+    np.testing.assert_array_equal(L.rms_norm(x, w, out=o), L.rms_norm(x, w))
+
+
+def test_empty_batch_returns_empty():
+    x = np.empty((0, 5), np.float32)
+    assert L.layer_norm(x).shape == (0, 5)
+    y, m, r = L.layer_norm_forward(np.empty((2, 0, 5)), axis=-1)
+    assert y.shape == (2, 0, 5) and m.shape == (2, 0, 1)
+    dx, dw, db = L.layer_norm_backward(np.empty((2, 0, 5)), np.empty((2, 0, 5)), m, r)
+    assert dx.shape == (2, 0, 5) and dw.shape == (5,)
+    np.testing.assert_array_equal(dw, 0)
+    assert L.rms_norm(x).shape == (0, 5)
+
+
+def test_nan_and_inf_stay_in_their_row(rng):
+    x = make(rng, (4, 16), np.float32)
+    x[1, 3] = np.nan
+    x[2, 5] = np.inf
+    y, m, r = L.layer_norm_forward(x)
+    assert np.isnan(y[1]).all() and np.isnan(y[2]).all()
+    ok = [0, 3]
+    np.testing.assert_allclose(y[ok], R.layer_norm_forward(x[ok])[0], rtol=1e-5, atol=1e-5)
+    dx, dw, db = L.layer_norm_backward(np.ones_like(x), x, m, r)
+    assert np.isfinite(dx[ok]).all() and np.isnan(dx[1]).all()
+    yr = L.rms_norm(x)
+    assert np.isnan(yr[1]).all() and np.isfinite(yr[ok]).all()
+
+
+def test_eps_is_used(rng):
+    x = make(rng, (2, 4), np.float64)
+    for eps in (0.0, 1e-3, 1, np.float32(0.5)):
+        np.testing.assert_allclose(
+            L.layer_norm(x, eps=eps), R.layer_norm_forward(x, eps=float(eps))[0], rtol=1e-12
+        )
+        np.testing.assert_allclose(
+            L.rms_norm(x, eps=eps), R.rms_norm_forward(x, eps=float(eps))[0], rtol=1e-12
+        )
+
+
+def test_array_likes_are_accepted():
+    y = L.layer_norm([[1.0, 2.0, 4.0]])
+    np.testing.assert_allclose(y, R.layer_norm_forward(np.array([[1.0, 2.0, 4.0]]))[0])

@@ -1,0 +1,66 @@
+"""Concurrent calls from many Python threads: correct results, and no abort under any of Numba's
+threading layers (``workqueue`` aborts on concurrent parallel calls unless they are guarded)."""
+
+import os
+import subprocess
+import sys
+import textwrap
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+import lnnumba as L
+from lnnumba import reference as R
+
+SCRIPT = textwrap.dedent(
+    """
+    import numpy as np, numba
+    from concurrent.futures import ThreadPoolExecutor
+    import lnnumba as L
+    from lnnumba import reference as R
+    rng = np.random.default_rng(0)
+    # large enough for the parallel path, small enough to be quick
+    xs = [rng.standard_normal((256, 512)).astype(np.float32) for _ in range(8)]
+    want = [R.layer_norm_forward(x)[0] for x in xs]
+    dys = [rng.standard_normal(x.shape).astype(np.float32) for x in xs]
+
+    def work(i):
+        for _ in range(20):
+            y, m, r = L.layer_norm_forward(xs[i])
+            L.layer_norm_backward(dys[i], xs[i], m, r)
+            L.rms_norm(xs[i])
+        return float(np.abs(y - want[i]).max())
+
+    with ThreadPoolExecutor(8) as ex:
+        errs = list(ex.map(work, range(8)))
+    assert max(errs) < 1e-4, errs
+    print("layer", numba.threading_layer(), "ok")
+    """
+)
+
+
+def test_eight_threads_give_correct_results(rng):
+    xs = [rng.standard_normal((256, 512)).astype(np.float32) for _ in range(8)]
+    ws = [rng.standard_normal(512).astype(np.float32) for _ in range(8)]
+
+    def work(i):
+        out = []
+        for _ in range(10):
+            out.append(L.layer_norm(xs[i], ws[i]))
+        return out
+
+    with ThreadPoolExecutor(8) as ex:
+        results = list(ex.map(work, range(8)))
+    for i, outs in enumerate(results):
+        want = R.layer_norm_forward(xs[i], ws[i])[0]
+        for y in outs:
+            np.testing.assert_allclose(y, want, rtol=1e-4, atol=1e-4)
+
+
+def test_workqueue_layer_does_not_abort():
+    env = dict(os.environ, NUMBA_THREADING_LAYER="workqueue")
+    p = subprocess.run(
+        [sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "layer workqueue ok" in p.stdout
