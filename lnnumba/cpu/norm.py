@@ -137,7 +137,8 @@ def row_backward(dx, dw_acc, db_acc, dy, x, w, m, c, r, mean_gy, mean_gyxh):
 
     With xhat = (x - m - c) r, the backward pass of y = xhat * w + b is
         dx = r * (gy - mean(gy) - xhat * mean(gy * xhat)),  dw += dy * xhat,  db += dy
-    (RMSNorm has no mean(gy) term: the caller passes 0).
+    (RMSNorm has no mean(gy) term: the caller passes 0). Two loops, each writing few arrays, so
+    that LLVM's run-time alias checks stay within its limits and both loops vectorize.
     """
     n = x.shape[0]
     t = x.dtype.type
@@ -146,10 +147,12 @@ def row_backward(dx, dw_acc, db_acc, dy, x, w, m, c, r, mean_gy, mean_gyxh):
     a = t(mean_gy)
     bb = t(mean_gyxh)
     for j in range(n):
+        g = dy[j]
+        dw_acc[j] += g * (((x[j] - m) - ct) * rt)
+        db_acc[j] += g
+    for j in range(n):
         xh = ((x[j] - m) - ct) * rt
         g = dy[j]
-        dw_acc[j] += g * xh
-        db_acc[j] += g
         if w is not None:
             g = g * w[j]
         dx[j] = rt * (g - a - xh * bb)
