@@ -2,7 +2,9 @@
 
 Same arrays, same thread count, median of repeated runs. Peers: plain NumPy, PyTorch CPU (when
 installed) and a parallel copy of the same bytes (the memory roofline: forward moves x in and y out,
-one copy; backward moves x and dy in and dx out, 1.5 copies).
+one copy; backward moves x and dy in and dx out, 1.5 copies, and the same bytes are also timed
+as a triad dx = x + dy, which has the backward's working set: at sizes where three arrays no
+longer fit in the last-level cache but two do, 1.5 copies is faster than any backward can be).
 
     python benchmarks/compare.py [--quick] [--json results.json]
 
@@ -36,6 +38,15 @@ def copy_parallel(dst, src):
     for i in prange(src.shape[0]):
         for j in range(src.shape[1]):
             dst[i, j] = src[i, j]
+
+
+@njit(parallel=True, nogil=True, cache=True)
+def triad_parallel(dst, a, b):
+    """dst = a + b, rows split over threads: exactly the bytes a backward pass moves (two arrays
+    in, one out), a roofline that, unlike 1.5 copies, has the backward's working set."""
+    for i in prange(a.shape[0]):
+        for j in range(a.shape[1]):
+            dst[i, j] = a[i, j] + b[i, j]
 
 
 def numpy_layer_norm(x, w, b, eps=1e-5):
@@ -83,6 +94,8 @@ def bench_shape(M, N, dtype, rows, quick):
     _, rrstd = lnnumba.rms_norm_forward(x, w)
     t["rms_bwd"] = median_time(lambda: lnnumba.rms_norm_backward(dy, x, rrstd, w), mt)
     t["copy"] = median_time(lambda: copy_parallel(y, x), mt)
+    dx = np.empty_like(x)
+    t["triad"] = median_time(lambda: triad_parallel(dx, x, dy), mt)
     t["numpy_fwd"] = median_time(lambda: numpy_layer_norm(x, w, b), mt)
     if torch is not None:
         tx, tw, tb = (torch.from_numpy(a) for a in (x, w, b))
@@ -110,6 +123,7 @@ def bench_shape(M, N, dtype, rows, quick):
         "copy_GBps": 2 * nbytes / t["copy"] / 1e9,
         "fwd_of_roofline": t["copy"] / t["ln_fwd"],
         "bwd_of_roofline": 1.5 * t["copy"] / t["ln_bwd"],
+        "bwd_of_triad": t["triad"] / t["ln_bwd"],
         "rms_fwd_vs_ln": t["ln_fwd"] / t["rms_fwd"],
         "rms_bwd_vs_ln": t["ln_bwd"] / t["rms_bwd"],
         "fwd_vs_numpy": t["numpy_fwd"] / t["ln_fwd_alloc"],

@@ -28,8 +28,9 @@ def main(argv=None):
     imports, firsts, totals = [], [], []
     for i in range(args.runs + 1):
         t0 = time.perf_counter()
-        out = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True,
-                             check=True).stdout.split()
+        out = subprocess.run(
+            [sys.executable, "-c", PROBE], capture_output=True, text=True, check=True
+        ).stdout.split()
         total = time.perf_counter() - t0
         if i == 0:
             cold = total
@@ -41,10 +42,12 @@ def main(argv=None):
     subprocess.run([sys.executable, "-c", "pass"], check=True)
     bare = time.perf_counter() - t0
     print(f"first process (may compile): {cold:.3f} s")
-    print(f"warm cache, median of {args.runs}: import lnnumba {statistics.median(imports):.3f} s, "
-          f"first layer_norm call {statistics.median(firsts):.3f} s, "
-          f"import + first call {statistics.median(imports) + statistics.median(firsts):.3f} s, "
-          f"whole process {statistics.median(totals):.3f} s (bare interpreter {bare:.3f} s)")
+    print(
+        f"warm cache, median of {args.runs}: import lnnumba {statistics.median(imports):.3f} s, "
+        f"first layer_norm call {statistics.median(firsts):.3f} s, "
+        f"import + first call {statistics.median(imports) + statistics.median(firsts):.3f} s, "
+        f"whole process {statistics.median(totals):.3f} s (bare interpreter {bare:.3f} s)"
+    )
 
 
 if __name__ == "__main__":

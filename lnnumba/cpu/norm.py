@@ -36,7 +36,7 @@ PARALLEL_MIN_ELEMENTS = 1 << 16
 
 # Rows per chunk of the backward pass's weight-gradient partial sums (see ``_n_chunks``).
 _CHUNK_ROWS = 32
-_MAX_CHUNKS = 256
+_MAX_CHUNKS = 64
 
 _jit = dict(nogil=True, cache=True)
 # Reductions: reassociation lets LLVM vectorize them; each difference inside is a single one,
@@ -84,6 +84,45 @@ def row_stats(x, eps, center):
     return x0, c, 1.0 / np.sqrt(max(v / n - c * c, 0.0) + eps)
 
 
+@njit(**_jit_reduce)
+def row_sums(x, k):
+    """One pass of shifted sums: (sum(x - k), sum((x - k)^2)) in x's dtype. x: (N,)."""
+    t = x.dtype.type
+    s1 = t(0)
+    s2 = t(0)
+    for j in range(x.shape[0]):
+        d = x[j] - k
+        s1 += d
+        s2 += d * d
+    return s1, s2
+
+
+@njit(**_jit)
+def row_stats_one_pass(x, eps, center):
+    """``row_stats`` in one pass over the row where that is exact enough, else two.
+
+    With the shift k = x[0], var = mean((x-k)^2) - mean(x-k)^2 cancels by a factor
+    1 + (mean - k)^2 / var. An element of the row is usually within a few standard deviations of
+    the mean, so the one pass loses at most a few bits; when the shift is far from the mean (an
+    outlier in front) or the sums are not finite, the two-pass ``row_stats`` is taken instead.
+    x: (N,). Returns (x0, c, r) as ``row_stats``.
+    """
+    n = x.shape[0]
+    t = x.dtype.type
+    if not center:
+        s1, s2 = row_sums(x, t(0))
+        return t(0), 0.0, 1.0 / np.sqrt(s2 / n + eps)
+    k = x[0]
+    s1, s2 = row_sums(x, k)
+    ms = s1 / n
+    var = s2 / n - ms * ms
+    if not ms * ms <= 3.0 * var:  # cancels more than 2 bits, or NaN/Inf: take two passes
+        return row_stats(x, eps, center)
+    mean = k + ms
+    x0 = t(mean)
+    return x0, mean - x0, 1.0 / np.sqrt(var + eps)
+
+
 @njit(**_jit_elementwise)
 def row_forward(y, x, w, b, x0, c, r):
     """y = ((x - x0) - c) * r * w + b for one row; ``w``/``b`` may be None (1 and 0).
@@ -105,11 +144,12 @@ def row_forward(y, x, w, b, x0, c, r):
 
 
 @njit(**_jit_reduce)
-def row_backward_sums(dy, x, w, m):
-    """First pass of the row backward: sums over the row, each of single differences.
+def row_backward_sums(db_acc, dy, x, w, m):
+    """First pass of the row backward: db accumulated (``+=``) and the sums the second pass needs,
+    each of single differences.
 
-    dy, x: (N,); w: (N,) or None; m: the saved mean in x's dtype (0 for RMSNorm).
-    Returns (sum(x - m), sum(gy), sum(gy * (x - m))) with gy = dy * w.
+    db_acc: (N,) accumulator of x's dtype; dy, x: (N,); w: (N,) or None; m: the saved mean in x's
+    dtype (0 for RMSNorm). Returns (sum(x - m), sum(gy), sum(gy * (x - m))) with gy = dy * w.
     """
     n = x.shape[0]
     t = x.dtype.type
@@ -119,6 +159,7 @@ def row_backward_sums(dy, x, w, m):
     for j in range(n):
         e = x[j] - m
         g = dy[j]
+        db_acc[j] += g
         if w is not None:
             g = g * w[j]
         s_e += e
@@ -128,17 +169,18 @@ def row_backward_sums(dy, x, w, m):
 
 
 @njit(**_jit_elementwise)
-def row_backward(dx, dw_acc, db_acc, dy, x, w, m, c, r, mean_gy, mean_gyxh):
-    """Second pass of the row backward: dx, and dw/db accumulated (``+=``).
+def row_backward(dx, dw_acc, dy, x, w, m, c, r, mean_gy, mean_gyxh):
+    """Second pass of the row backward: dx, and dw accumulated (``+=``).
 
-    dx: (N,) out; dw_acc, db_acc: (N,) accumulators of x's dtype; dy, x: (N,); w: (N,) or None;
-    m, c: the row's mean as m + c (0 for RMSNorm); r: rstd; mean_gy, mean_gyxh: row means of
-    gy = dy * w and gy * xhat.
+    dx: (N,) out; dw_acc: (N,) accumulator of x's dtype; dy, x: (N,); w: (N,) or None; m, c: the
+    row's mean as m + c (0 for RMSNorm); r: rstd; mean_gy, mean_gyxh: row means of gy = dy * w
+    and gy * xhat.
 
     With xhat = (x - m - c) r, the backward pass of y = xhat * w + b is
         dx = r * (gy - mean(gy) - xhat * mean(gy * xhat)),  dw += dy * xhat,  db += dy
-    (RMSNorm has no mean(gy) term: the caller passes 0). Two loops, each writing few arrays, so
-    that LLVM's run-time alias checks stay within its limits and both loops vectorize.
+    (RMSNorm has no mean(gy) term: the caller passes 0; db is taken in the first pass). Each pass
+    writes at most two arrays, which keeps LLVM's run-time alias checks within its limit, so
+    both vectorize.
     """
     n = x.shape[0]
     t = x.dtype.type
@@ -147,12 +189,9 @@ def row_backward(dx, dw_acc, db_acc, dy, x, w, m, c, r, mean_gy, mean_gyxh):
     a = t(mean_gy)
     bb = t(mean_gyxh)
     for j in range(n):
-        g = dy[j]
-        dw_acc[j] += g * (((x[j] - m) - ct) * rt)
-        db_acc[j] += g
-    for j in range(n):
         xh = ((x[j] - m) - ct) * rt
         g = dy[j]
+        dw_acc[j] += g * xh
         if w is not None:
             g = g * w[j]
         dx[j] = rt * (g - a - xh * bb)
@@ -170,7 +209,7 @@ def _forward_rows(y, mean, rstd, x, w, b, eps, center, lo, hi):
     y: (M, N) out; mean, rstd: (M,) out or None; x: (M, N); w, b: (N,) or None.
     """
     for i in range(lo, hi):
-        x0, c, r = row_stats(x[i], eps, center)
+        x0, c, r = row_stats_one_pass(x[i], eps, center)
         row_forward(y[i], x[i], w, b, x0, c, r)
         if mean is not None:
             mean[i] = x0 + c * 1.0
@@ -207,7 +246,7 @@ def _backward_rows(dx, dw_acc, db_acc, dy, x, mean, rstd, w, lo, hi):
         if mean is not None:
             m = t(mean[i])
         r = rstd[i] * 1.0
-        s_e, s_g, s_ge = row_backward_sums(dy[i], x[i], w, m)
+        s_e, s_g, s_ge = row_backward_sums(db_acc, dy[i], x[i], w, m)
         c = 0.0
         mean_gy = 0.0
         if mean is not None:
@@ -215,7 +254,7 @@ def _backward_rows(dx, dw_acc, db_acc, dy, x, mean, rstd, w, lo, hi):
             mean_gy = s_g / n
         # mean(gy * xhat) = r * mean(gy * (x - m - c))
         mean_gyxh = r * (s_ge - c * s_g) / n
-        row_backward(dx[i], dw_acc, db_acc, dy[i], x[i], w, m, c, r, mean_gy, mean_gyxh)
+        row_backward(dx[i], dw_acc, dy[i], x[i], w, m, c, r, mean_gy, mean_gyxh)
 
 
 def n_chunks(M):
@@ -246,6 +285,8 @@ def _backward_chunk(dx, part_w, part_b, dy, x, mean, rstd, w, c):
     nc = part_w.shape[0]
     lo = c * M // nc
     hi = (c + 1) * M // nc
+    part_w[c, :] = 0
+    part_b[c, :] = 0
     _backward_rows(dx, part_w[c], part_b[c], dy, x, mean, rstd, w, lo, hi)
 
 
@@ -253,8 +294,8 @@ def _backward_chunk(dx, part_w, part_b, dy, x, mean, rstd, w, c):
 def backward_serial(dx, dw, db, part_w, part_b, dy, x, mean, rstd, w):
     """Backward pass over all rows on the calling thread.
 
-    dx: (M, N) out; dw, db: (N,) out; part_w, part_b: (n_chunks(M), N) scratch of x's dtype, zeroed
-    by the caller; dy, x: (M, N); mean: (M,) or None (RMSNorm); rstd: (M,); w: (N,) or None.
+    dx: (M, N) out; dw, db: (N,) out; part_w, part_b: (n_chunks(M), N) scratch of x's dtype (any
+    contents: each chunk zeroes its row); dy, x: (M, N); mean: (M,) or None (RMSNorm); rstd: (M,); w: (N,) or None.
     """
     for c in range(part_w.shape[0]):
         _backward_chunk(dx, part_w, part_b, dy, x, mean, rstd, w, c)
@@ -319,6 +360,21 @@ def forward(y, mean, rstd, x, w, b, eps, center):
         forward_serial(y, mean, rstd, x, w, b, eps, center, 1)
 
 
+_scratch = threading.local()
+
+
+def _scratch_partials(nc, N, dtype):
+    """Two (nc, N) scratch arrays of ``dtype`` for the backward pass's partial sums, kept per
+    thread and reused while the shape stays the same: fresh pages of a new allocation cost more
+    to fault in than the partial sums cost to compute."""
+    key = (nc, N, dtype)
+    bufs = getattr(_scratch, "partials", None)
+    if bufs is None or bufs[0] != key:
+        bufs = (key, np.empty((nc, N), dtype), np.empty((nc, N), dtype))
+        _scratch.partials = bufs
+    return bufs[1], bufs[2]
+
+
 def backward(dx, dw, db, dy, x, mean, rstd, w):
     """Backward of ``forward``: dx, and dw/db summed over rows.
 
@@ -327,8 +383,7 @@ def backward(dx, dw, db, dy, x, mean, rstd, w):
     """
     M, N = x.shape
     nc = n_chunks(M)
-    part_w = np.zeros((nc, N), x.dtype)  # per-chunk partial sums
-    part_b = np.zeros((nc, N), x.dtype)
+    part_w, part_b = _scratch_partials(nc, N, x.dtype)  # (nc, N) per-chunk partial sums
     if nc > 1 and x.size >= PARALLEL_MIN_ELEMENTS and _parallel_lock.acquire(False):
         try:
             backward_parallel(dx, dw, db, part_w, part_b, dy, x, mean, rstd, w)
