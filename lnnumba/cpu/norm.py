@@ -294,8 +294,9 @@ def _backward_chunk(dx, part_w, part_b, dy, x, mean, rstd, w, c):
 def backward_serial(dx, dw, db, part_w, part_b, dy, x, mean, rstd, w):
     """Backward pass over all rows on the calling thread.
 
-    dx: (M, N) out; dw, db: (N,) out; part_w, part_b: (n_chunks(M), N) scratch of x's dtype (any
-    contents: each chunk zeroes its row); dy, x: (M, N); mean: (M,) or None (RMSNorm); rstd: (M,); w: (N,) or None.
+    dx: (M, N) out; dw, db: (N,) out; part_w, part_b: (n_chunks(M), N) scratch of x's dtype
+    (any contents: each chunk zeroes its row); dy, x: (M, N); mean: (M,) or None (RMSNorm);
+    rstd: (M,); w: (N,) or None.
     """
     for c in range(part_w.shape[0]):
         _backward_chunk(dx, part_w, part_b, dy, x, mean, rstd, w, c)
