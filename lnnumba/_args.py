@@ -48,16 +48,22 @@ def dtypes(fn, name, dt):
     )
 
 
+def is_device(a):
+    """Whether ``a`` lives on a GPU: a Numba device array (the CUDA simulator's arrays have only
+    ``copy_to_host``) or any object exporting ``__cuda_array_interface__``."""
+    return hasattr(a, "__cuda_array_interface__") or hasattr(a, "copy_to_host")
+
+
 def as_array(fn, name, a):
     """``a`` as an ndarray (array-likes such as lists are converted); TypeError otherwise."""
     if type(a) is np.ndarray:
         return a
     if isinstance(a, np.ndarray):
         return np.asarray(a)  # subclasses (np.matrix, masked arrays) become plain arrays
-    if hasattr(a, "__cuda_array_interface__") or hasattr(a, "copy_to_host"):
+    if is_device(a):
         raise TypeError(
-            f"{fn}: {name} is a GPU array ({type(a).__name__}); the CPU functions take NumPy "
-            "arrays (copy it to the host, or use the CUDA path)"
+            f"{fn}: {name} is a GPU array ({type(a).__name__}) but x is a host array; pass "
+            "device arrays for every array argument, or NumPy arrays for all of them"
         )
     try:
         out = np.asarray(a)
@@ -263,10 +269,6 @@ def out_rows(fn, out, x, shape, N, cdt, rdt):
         raise TypeError(f"{fn}: out has dtype {out.dtype}, expected {rdt} (the result dtype)")
     if not out.flags.writeable:
         raise ValueError(f"{fn}: out is read-only; expected a writeable array")
-    if (
-        rdt is cdt
-        and out.flags.c_contiguous
-        and (out is x or not np.may_share_memory(out, x))
-    ):
+    if rdt is cdt and out.flags.c_contiguous and (out is x or not np.may_share_memory(out, x)):
         return out.reshape(-1, N), True
     return np.empty((out.size // N, N), cdt), False

@@ -1,5 +1,9 @@
 """Public layer norm and RMSNorm: check the arguments once, allocate, call one kernel.
 
+NumPy arrays run on the CPU kernels; device arrays (Numba's, or anything exporting
+``__cuda_array_interface__``: CuPy arrays, PyTorch CUDA tensors) run on the CUDA kernels and
+return Numba device arrays (see ``lnnumba.gpu.norm``).
+
 Semantics follow ONNX ``LayerNormalization`` / ``RMSNormalization`` (see ``lnnumba.reference``
 for the executable specification and ``lnnumba._args`` for the dtype rules).
 """
@@ -8,6 +12,14 @@ import numpy as np
 
 from . import _args
 from .cpu import norm as _cpu
+
+
+def _gpu():
+    """The CUDA launchers, imported on first use (needs numba-cuda; the CPU path never does)."""
+    from .gpu import norm
+
+    return norm
+
 
 # --- layer norm -------------------------------------------------------------------------------
 
@@ -42,6 +54,8 @@ def layer_norm(x, weight=None, bias=None, *, eps=1e-5, axis=-1, out=None):
         weight/bias/out, negative or non-finite eps, read-only out.
     """
     fn = "layer_norm"
+    if type(x) is not np.ndarray and _args.is_device(x):
+        return _gpu().forward(fn, x, weight, bias, eps, axis, out, True, False)
     x2, w, b, shape, axis, cdt, rdt = _args.prepare(fn, x, weight, bias, axis)
     if eps != 1e-5:
         eps = _args.check_eps(fn, eps)
@@ -65,6 +79,8 @@ def layer_norm_forward(x, weight=None, bias=None, *, eps=1e-5, axis=-1):
     float64. Raises as ``layer_norm``.
     """
     fn = "layer_norm_forward"
+    if type(x) is not np.ndarray and _args.is_device(x):
+        return _gpu().forward(fn, x, weight, bias, eps, axis, None, True, True)
     x2, w, b, shape, axis, cdt, rdt = _args.prepare(fn, x, weight, bias, axis)
     eps = _args.check_eps(fn, eps)
     M = x2.shape[0]
@@ -99,6 +115,8 @@ def layer_norm_backward(dy, x, mean, rstd, weight=None, *, axis=-1):
         as ``layer_norm``, and for dy/mean/rstd of the wrong shape or dtype.
     """
     fn = "layer_norm_backward"
+    if type(x) is not np.ndarray and _args.is_device(x):
+        return _gpu().backward(fn, dy, x, mean, rstd, weight, axis, True)
     x2, shape, axis, cdt, rdt = _args.rows(fn, x, axis)
     N = x2.shape[1]
     dy2 = _args.like_x(fn, "dy", dy, shape, N, cdt, rdt)
@@ -121,6 +139,8 @@ def rms_norm(x, weight=None, *, eps=1e-6, axis=-1, out=None):
     Arguments, dtypes, result and errors as ``layer_norm`` (there is no bias).
     """
     fn = "rms_norm"
+    if type(x) is not np.ndarray and _args.is_device(x):
+        return _gpu().forward(fn, x, weight, None, eps, axis, out, False, False)
     x2, w, _, shape, axis, cdt, rdt = _args.prepare(fn, x, weight, None, axis)
     if eps != 1e-6:
         eps = _args.check_eps(fn, eps)
@@ -141,6 +161,8 @@ def rms_norm_forward(x, weight=None, *, eps=1e-6, axis=-1):
     Returns ``(y, rstd)``, shapes and dtypes as ``layer_norm_forward``. Raises as ``layer_norm``.
     """
     fn = "rms_norm_forward"
+    if type(x) is not np.ndarray and _args.is_device(x):
+        return _gpu().forward(fn, x, weight, None, eps, axis, None, False, True)
     x2, w, _, shape, axis, cdt, rdt = _args.prepare(fn, x, weight, None, axis)
     eps = _args.check_eps(fn, eps)
     y2 = np.empty(x2.shape, cdt)
@@ -157,6 +179,8 @@ def rms_norm_backward(dy, x, rstd, weight=None, *, axis=-1):
     both of x's result dtype. Raises as ``layer_norm_backward``.
     """
     fn = "rms_norm_backward"
+    if type(x) is not np.ndarray and _args.is_device(x):
+        return _gpu().backward(fn, dy, x, None, rstd, weight, axis, False)
     x2, shape, axis, cdt, rdt = _args.rows(fn, x, axis)
     N = x2.shape[1]
     dy2 = _args.like_x(fn, "dy", dy, shape, N, cdt, rdt)

@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from conftest import dx_err, rel_err
+from _helpers import dx_err, rel_err
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp

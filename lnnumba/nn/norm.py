@@ -109,8 +109,9 @@ class LayerNorm(_Norm):
 
     _name = "LayerNorm"
 
-    def __init__(self, normalized_shape, *, eps=1e-5, elementwise_affine=True, bias=True,
-                 dtype=np.float32):
+    def __init__(
+        self, normalized_shape, *, eps=1e-5, elementwise_affine=True, bias=True, dtype=np.float32
+    ):
         self.normalized_shape = _normalized_shape(self._name, normalized_shape)
         self.eps = _args.check_eps(self._name, eps)
         self.dtype = _float_dtype(self._name, dtype)

@@ -1,0 +1,200 @@
+"""Launchers for the CUDA kernels: the device-array path of the public functions.
+
+Arguments are checked with the same helpers and messages as the CPU path (``lnnumba._args``);
+arrays may be Numba device arrays or any object with ``__cuda_array_interface__`` (CuPy arrays,
+PyTorch CUDA tensors), used without copying. Results are Numba device arrays. float32 and
+float64 are supported on the GPU; device arrays must be C-contiguous.
+"""
+
+import math
+
+import numpy as np
+from numba import cuda
+
+from .. import _args
+from . import kernels
+
+_SIM = bool(getattr(cuda, "simulator_is_active", lambda: False)()) or bool(
+    getattr(cuda.config, "ENABLE_CUDASIM", False) if hasattr(cuda, "config") else False
+)
+_DUMMY = {}
+
+
+def _dummy(dt):
+    """A 1-element device array standing in for an absent weight/bias (never read)."""
+    a = _DUMMY.get(dt)
+    if a is None:
+        a = _DUMMY[dt] = cuda.device_array(1, dt)
+    return a
+
+
+def as_device(fn, name, a):
+    """``a`` as a Numba device array; TypeError for host arrays (mixing is an error)."""
+    if a is None:
+        return None
+    if hasattr(a, "copy_to_host"):  # Numba device arrays (and the simulator's)
+        return a
+    if hasattr(a, "__cuda_array_interface__"):
+        try:
+            return cuda.as_cuda_array(a)
+        except Exception as e:  # no driver, or a malformed interface
+            raise TypeError(
+                f"{fn}: {name} exports __cuda_array_interface__ but cannot be used as a device "
+                f"array here: {e}"
+            ) from None
+    raise TypeError(
+        f"{fn}: {name} is a host object ({type(a).__name__}) but x is on the GPU; pass device "
+        "arrays for every array argument (or NumPy arrays for all of them)"
+    )
+
+
+def _check_layout(fn, name, a):
+    if not a.is_c_contiguous():
+        raise ValueError(
+            f"{fn}: {name} is not C-contiguous (strides {a.strides}); the GPU path expects "
+            "C-contiguous device arrays"
+        )
+
+
+def rows(fn, x, axis):
+    """Device counterpart of ``_args.rows``: (x2 (M, N), shape, axis, dtype)."""
+    x = as_device(fn, "x", x)
+    dt = np.dtype(x.dtype)
+    if dt not in (np.float32, np.float64):
+        _args.dtypes(fn, "x", dt)  # the CPU path's message for unsupported dtypes
+        raise TypeError(
+            f"{fn}: x has dtype {dt}; the GPU path supports float32 and float64 (convert first)"
+        )
+    shape = tuple(x.shape)
+    if not shape:
+        raise ValueError(f"{fn}: x is 0-d (a scalar); expected an array with at least 1 dimension")
+    axis = _args.norm_axis(fn, axis, len(shape))
+    N = math.prod(shape[axis:])
+    if N == 0:
+        raise ValueError(
+            f"{fn}: the normalized dimensions x.shape[{axis}:] = {shape[axis:]} contain a zero; "
+            "expected every normalized dimension to have length >= 1"
+        )
+    _check_layout(fn, "x", x)
+    return x.reshape(math.prod(shape[:axis]), N), shape, axis, dt
+
+
+def like(fn, name, a, want_shape, dt, what):
+    """A device array of ``want_shape`` and dtype ``dt``, reshaped to 1-d/2-d by the caller."""
+    a = as_device(fn, name, a)
+    if tuple(a.shape) != want_shape:
+        raise ValueError(f"{fn}: {name} has shape {tuple(a.shape)}, expected {want_shape} ({what})")
+    if np.dtype(a.dtype) != dt:
+        raise TypeError(f"{fn}: {name} has dtype {np.dtype(a.dtype)}, expected {dt} to match x")
+    _check_layout(fn, name, a)
+    return a
+
+
+def _param(fn, name, p, shape, axis, dt):
+    if p is None:
+        return None
+    p = like(fn, name, p, shape[axis:], dt, f"x.shape[axis:] for x of shape {shape}")
+    return p.reshape(math.prod(shape[axis:]))
+
+
+def _launch_forward(y2, mean, rstd, x2, w, b, eps, center):
+    M, N = x2.shape
+    if M == 0:
+        return
+    dt = np.dtype(x2.dtype)
+    G, K, T, blocks = kernels.plan(M, N, _SIM)
+    save = mean is not None or rstd is not None
+    d = _dummy(dt)
+    kernels.forward_kernel(K, dt == np.float64)[blocks, T](
+        y2,
+        mean if mean is not None else d,
+        rstd if rstd is not None else d,
+        x2,
+        w if w is not None else d,
+        b if b is not None else d,
+        eps,
+        center,
+        w is not None,
+        b is not None,
+        save,
+        G,
+    )
+
+
+def _launch_backward(dx2, dw, db, dy2, x2, mean, rstd, w, center):
+    M, N = x2.shape
+    dt = np.dtype(x2.dtype)
+    G, K, T, blocks = kernels.plan(M, N, _SIM)
+    groups = T // G
+    if not _SIM:
+        sms = cuda.get_current_device().MULTIPROCESSOR_COUNT
+        blocks = min(blocks, 4 * sms)
+    else:
+        blocks = min(blocks, 2)
+    P = blocks * groups
+    part_w = cuda.device_array((P, N), dt)  # per-group partial sums, each written by one group
+    part_b = cuda.device_array((P, N), dt)
+    d = _dummy(dt)
+    kernels.backward_kernel(K, dt == np.float64)[blocks, T](
+        dx2,
+        part_w,
+        part_b,
+        dy2,
+        x2,
+        mean if mean is not None else d,
+        rstd,
+        w if w is not None else d,
+        center,
+        w is not None,
+        G,
+    )
+    tpb = 64 if _SIM else 256
+    kernels.sum_partials_kernel[max(1, math.ceil(N / tpb)), tpb](dw, db, part_w, part_b)
+
+
+def forward(fn, x, weight, bias, eps, axis, out, center, with_stats):
+    """The device path of layer_norm(_forward) / rms_norm(_forward)."""
+    x2, shape, axis, dt = rows(fn, x, axis)
+    w = _param(fn, "weight", weight, shape, axis, dt)
+    b = _param(fn, "bias", bias, shape, axis, dt)
+    eps = _args.check_eps(fn, eps)
+    M, N = x2.shape
+    if out is not None:
+        y = like(fn, "out", out, shape, dt, "the shape of x")
+    else:
+        y = cuda.device_array(shape, dt)
+    y2 = y.reshape(M, N)
+    mean = cuda.device_array(M, dt) if with_stats and center else None
+    rstd = cuda.device_array(M, dt) if with_stats else None
+    _launch_forward(y2, mean, rstd, x2, w, b, eps, center)
+    if not with_stats:
+        return y
+    sshape = _args.stats_shape(shape, axis)
+    if center:
+        return y, mean.reshape(*sshape), rstd.reshape(*sshape)
+    return y, rstd.reshape(*sshape)
+
+
+def backward(fn, dy, x, mean, rstd, weight, axis, center):
+    """The device path of layer_norm_backward / rms_norm_backward."""
+    x2, shape, axis, dt = rows(fn, x, axis)
+    M, N = x2.shape
+    dy2 = like(fn, "dy", dy, shape, dt, "the shape of x").reshape(M, N)
+    sshape = _args.stats_shape(shape, axis)
+    what = "x.shape[:axis] + (1,) * k, as returned by the forward pass"
+    m = like(fn, "mean", mean, sshape, dt, what).reshape(M) if center else None
+    r = like(fn, "rstd", rstd, sshape, dt, what).reshape(M)
+    w = _param(fn, "weight", weight, shape, axis, dt)
+    dx = cuda.device_array(shape, dt)
+    dw = cuda.device_array(N, dt)
+    db = cuda.device_array(N, dt)
+    if M == 0:
+        zeros = np.zeros(N, dt)
+        dw.copy_to_device(zeros)
+        db.copy_to_device(zeros)
+    else:
+        _launch_backward(dx.reshape(M, N), dw, db, dy2, x2, m, r, w, center)
+    S = shape[axis:]
+    if center:
+        return dx, dw.reshape(*S), db.reshape(*S)
+    return dx, dw.reshape(*S)

@@ -1,0 +1,125 @@
+"""CUDA kernels against the float64 reference and the CPU path: tiny grids, awkward sizes.
+
+Runs unchanged on a real GPU and under the CUDA simulator (see conftest.py)."""
+
+import numpy as np
+import pytest
+from _helpers import dx_err
+from _helpers import rel_err as rel
+
+import lnnumba as L
+from lnnumba import reference as R
+
+cuda = pytest.importorskip("numba.cuda")
+
+WIDTHS = [1, 3, 33, 1025, 4099]
+TOL = {np.float32: 1e-5, np.float64: 1e-12}
+
+
+def data(N, M, dtype, seed=0, loc=1.0):
+    rng = np.random.default_rng(seed + N * 7 + M)
+    x = (loc + 2 * rng.standard_normal((M, N))).astype(dtype)
+    w = rng.standard_normal(N).astype(dtype)
+    b = rng.standard_normal(N).astype(dtype)
+    dy = rng.standard_normal((M, N)).astype(dtype)
+    return x, w, b, dy
+
+
+# every width with 1 and 5 rows; the small widths with every batch size from 1 to 5
+SIZES = [(N, M) for N in WIDTHS for M in (1, 5)] + [(N, M) for N in (1, 3, 33) for M in (2, 3, 4)]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("N,M", SIZES)
+def test_layer_norm_forward_backward(N, M, dtype):
+    x, w, b, dy = data(N, M, dtype)
+    dX, dW, dB = cuda.to_device(x), cuda.to_device(w), cuda.to_device(b)
+    y, mean, rstd = L.layer_norm_forward(dX, dW, dB)
+    yr, mr, rr = R.layer_norm_forward(x, w, b)
+    assert y.shape == x.shape and mean.shape == (M, 1) and rstd.shape == (M, 1)
+    assert rel(y.copy_to_host(), yr) < TOL[dtype] * 10
+    assert rel(rstd.copy_to_host(), rr) < TOL[dtype]
+    # against the CPU path too
+    yc, mc, rc = L.layer_norm_forward(x, w, b)
+    assert rel(y.copy_to_host(), yc) < TOL[dtype] * 10
+    dx, dw, db = L.layer_norm_backward(cuda.to_device(dy), dX, mean, rstd, dW)
+    dxr, dwr, dbr = R.layer_norm_backward(dy, x, mr, rr, w)
+    assert dx_err(dx.copy_to_host(), dxr, rr, dy, w) < TOL[dtype] * 100
+    assert rel(dw.copy_to_host(), dwr) < TOL[dtype] * 10
+    assert rel(db.copy_to_host(), dbr) < TOL[dtype] * 10
+    np.testing.assert_array_equal(L.layer_norm(dX, dW, dB).copy_to_host(), y.copy_to_host())
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("N", [1, 33, 1025])
+@pytest.mark.parametrize("M", [1, 4])
+def test_rms_norm_forward_backward(N, M, dtype):
+    x, w, _, dy = data(N, M, dtype, seed=1)
+    dX, dW = cuda.to_device(x), cuda.to_device(w)
+    y, rstd = L.rms_norm_forward(dX, dW)
+    yr, rr = R.rms_norm_forward(x, w)
+    assert rel(y.copy_to_host(), yr) < TOL[dtype] * 10
+    dx, dw = L.rms_norm_backward(cuda.to_device(dy), dX, rstd, dW)
+    dxr, dwr = R.rms_norm_backward(dy, x, rr, w)
+    assert dx_err(dx.copy_to_host(), dxr, rr, dy, w) < TOL[dtype] * 100
+    assert rel(dw.copy_to_host(), dwr) < TOL[dtype] * 10
+    np.testing.assert_array_equal(L.rms_norm(dX, dW).copy_to_host(), y.copy_to_host())
+
+
+def test_no_weight_no_bias_axis_and_out():
+    x = np.random.default_rng(3).standard_normal((2, 3, 5)).astype(np.float32)
+    dX = cuda.to_device(x)
+    y, mean, rstd = L.layer_norm_forward(dX, axis=1)
+    yr, mr, rr = R.layer_norm_forward(x, axis=1)
+    assert mean.shape == (2, 1, 1)
+    assert rel(y.copy_to_host(), yr) < 1e-5
+    out = cuda.device_array_like(x)
+    L.layer_norm(dX, out=out, axis=-1)
+    assert rel(out.copy_to_host(), R.layer_norm_forward(x)[0]) < 1e-5
+    dx, dw, db = L.layer_norm_backward(cuda.to_device(np.ones_like(x)), dX, mean, rstd, axis=1)
+    dxr, dwr, dbr = R.layer_norm_backward(np.ones_like(x), x, mr, rr, axis=1)
+    assert dw.shape == (3, 5)
+    assert rel(dw.copy_to_host(), dwr) < 1e-5 and rel(db.copy_to_host(), dbr) < 1e-6
+
+
+def test_float32_large_mean():
+    x, w, _, dy = data(1025, 3, np.float32, loc=1e4)
+    y, m, r = L.layer_norm_forward(cuda.to_device(x), cuda.to_device(w))
+    yr, mr, rr = R.layer_norm_forward(x, w)
+    assert rel(y.copy_to_host(), yr) < 1e-4
+    g = L.layer_norm_backward(cuda.to_device(dy), cuda.to_device(x), m, r, cuda.to_device(w))
+    for a, ref in zip(g, R.layer_norm_backward(dy, x, mr, rr, w)):
+        assert rel(a.copy_to_host(), ref) < 1e-4
+
+
+def test_empty_batch():
+    x = cuda.to_device(np.empty((0, 4), np.float32))
+    y, m, r = L.layer_norm_forward(x)
+    assert y.shape == (0, 4) and m.shape == (0, 1)
+    dx, dw, db = L.layer_norm_backward(x, x, m, r)
+    np.testing.assert_array_equal(dw.copy_to_host(), 0)
+
+
+def test_bad_input_on_the_device_path():
+    x = cuda.to_device(np.ones((2, 3), np.float32))
+    with pytest.raises(TypeError, match="host object"):
+        L.layer_norm(x, np.ones(3, np.float32))  # mixing host and device
+    with pytest.raises(TypeError, match="GPU array"):
+        L.layer_norm(np.ones((2, 3), np.float32), cuda.to_device(np.ones(3, np.float32)))
+    with pytest.raises(ValueError, match=r"weight has shape \(4,\), expected \(3,\)"):
+        L.layer_norm(x, cuda.to_device(np.ones(4, np.float32)))
+    with pytest.raises(TypeError, match="weight has dtype float64, expected float32"):
+        L.layer_norm(x, cuda.to_device(np.ones(3)))
+    with pytest.raises(ValueError, match="axis 2 is out of range"):
+        L.layer_norm(x, axis=2)
+    with pytest.raises(ValueError, match="eps must be finite"):
+        L.layer_norm(x, eps=-1.0)
+    with pytest.raises(ValueError, match="contain a zero"):
+        L.layer_norm(cuda.to_device(np.ones((2, 0), np.float32)))
+    with pytest.raises(TypeError, match="supports float32 and float64"):
+        L.layer_norm(cuda.to_device(np.ones((2, 3), np.float16)))
+    _, m, r = L.layer_norm_forward(x)
+    with pytest.raises(ValueError, match="dy has shape"):
+        L.layer_norm_backward(cuda.to_device(np.ones((3, 2), np.float32)), x, m, r)
+    with pytest.raises(ValueError, match="mean has shape"):
+        L.layer_norm_backward(x, x, cuda.to_device(np.ones(2, np.float32)), r)
