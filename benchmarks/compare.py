@@ -1,8 +1,8 @@
 """Side-by-side speed of lnnumba's CPU layer norm / RMSNorm against its peers, in one process.
 
-Same arrays, same thread count, median of repeated runs. Peers: plain NumPy, PyTorch CPU (when
-installed) and a parallel copy of the same bytes (the memory roofline: forward moves x in and y out,
-one copy; backward moves x and dy in and dx out, 1.5 copies, and the same bytes are also timed
+Same arrays, same thread count, median of interleaved repeated rounds. Peers: plain NumPy,
+PyTorch CPU (when installed) and a parallel copy of the same bytes (the memory roofline: forward
+moves x in and y out, one copy; backward moves x and dy in and dx out, 1.5 copies, and the same bytes are also timed
 as a triad dx = x + dy, which has the backward's working set: at sizes where three arrays no
 longer fit in the last-level cache but two do, 1.5 copies is faster than any backward can be).
 
@@ -56,25 +56,35 @@ def numpy_layer_norm(x, w, b, eps=1e-5):
     return xc / np.sqrt(var + eps) * w + b
 
 
-def median_time(f, min_time=0.2, repeat=7):
-    """Median over ``repeat`` rounds of the mean time per call, each round >= min_time / repeat."""
+def _calls_for(f, min_time):
+    """How many calls of f make one timing round of at least ``min_time`` seconds."""
     f()
     n = 1
     while True:
         t0 = time.perf_counter()
         for _ in range(n):
             f()
-        dt = time.perf_counter() - t0
-        if dt > min_time / repeat:
-            break
+        if time.perf_counter() - t0 > min_time:
+            return n
         n *= 4
-    rounds = []
+
+
+def median_times(funcs, min_time=0.04, repeat=7):
+    """Median seconds per call of each function in ``funcs`` (a dict name -> f).
+
+    The functions are timed in interleaved rounds (each round times every function once), so
+    that a slow spell of this shared machine falls on all of them alike and ratios stay fair.
+    """
+    counts = {k: _calls_for(f, min_time) for k, f in funcs.items()}
+    rounds = {k: [] for k in funcs}
     for _ in range(repeat):
-        t0 = time.perf_counter()
-        for _ in range(n):
-            f()
-        rounds.append((time.perf_counter() - t0) / n)
-    return statistics.median(rounds)
+        for k, f in funcs.items():
+            n = counts[k]
+            t0 = time.perf_counter()
+            for _ in range(n):
+                f()
+            rounds[k].append((time.perf_counter() - t0) / n)
+    return {k: statistics.median(v) for k, v in rounds.items()}
 
 
 def bench_shape(M, N, dtype, rows, quick):
@@ -84,23 +94,23 @@ def bench_shape(M, N, dtype, rows, quick):
     w = (1 + 0.1 * rng.standard_normal(N)).astype(dtype)
     b = (0.1 * rng.standard_normal(N)).astype(dtype)
     y = np.empty_like(x)
-    mt = 0.05 if quick else 0.3
-    t = {}
-    t["ln_fwd"] = median_time(lambda: lnnumba.layer_norm(x, w, b, out=y), mt)
-    t["ln_fwd_alloc"] = median_time(lambda: lnnumba.layer_norm(x, w, b), mt)
-    _, mean, rstd = lnnumba.layer_norm_forward(x, w, b)
-    t["ln_bwd"] = median_time(lambda: lnnumba.layer_norm_backward(dy, x, mean, rstd, w), mt)
-    t["rms_fwd"] = median_time(lambda: lnnumba.rms_norm(x, w, out=y), mt)
-    _, rrstd = lnnumba.rms_norm_forward(x, w)
-    t["rms_bwd"] = median_time(lambda: lnnumba.rms_norm_backward(dy, x, rrstd, w), mt)
-    t["copy"] = median_time(lambda: copy_parallel(y, x), mt)
     dx = np.empty_like(x)
-    t["triad"] = median_time(lambda: triad_parallel(dx, x, dy), mt)
-    t["numpy_fwd"] = median_time(lambda: numpy_layer_norm(x, w, b), mt)
+    _, mean, rstd = lnnumba.layer_norm_forward(x, w, b)
+    _, rrstd = lnnumba.rms_norm_forward(x, w)
+    f = {
+        "ln_fwd": lambda: lnnumba.layer_norm(x, w, b, out=y),
+        "ln_fwd_alloc": lambda: lnnumba.layer_norm(x, w, b),
+        "ln_bwd": lambda: lnnumba.layer_norm_backward(dy, x, mean, rstd, w),
+        "rms_fwd": lambda: lnnumba.rms_norm(x, w, out=y),
+        "rms_fwd_alloc": lambda: lnnumba.rms_norm(x, w),
+        "rms_bwd": lambda: lnnumba.rms_norm_backward(dy, x, rrstd, w),
+        "copy": lambda: copy_parallel(y, x),
+        "triad": lambda: triad_parallel(dx, x, dy),
+        "numpy_fwd": lambda: numpy_layer_norm(x, w, b),
+    }
     if torch is not None:
         tx, tw, tb = (torch.from_numpy(a) for a in (x, w, b))
         F = torch.nn.functional
-        t["torch_fwd"] = median_time(lambda: F.layer_norm(tx, (N,), tw, tb), mt)
         txg = tx.clone().requires_grad_(True)
         twg = tw.clone().requires_grad_(True)
         tbg = tb.clone().requires_grad_(True)
@@ -111,8 +121,10 @@ def bench_shape(M, N, dtype, rows, quick):
             txg.grad = twg.grad = tbg.grad = None
             ty.backward(tdy, retain_graph=True)
 
-        t["torch_bwd"] = median_time(torch_bwd, mt)
-        t["torch_rms_fwd"] = median_time(lambda: F.rms_norm(tx, (N,), tw, 1e-6), mt)
+        f["torch_fwd"] = lambda: F.layer_norm(tx, (N,), tw, tb)
+        f["torch_bwd"] = torch_bwd
+        f["torch_rms_fwd"] = lambda: F.rms_norm(tx, (N,), tw, 1e-6)
+    t = median_times(f, 0.01 if quick else 0.04, 5 if quick else 9)
     nbytes = x.nbytes
     r = {
         "shape": f"{M}x{N}",
@@ -131,7 +143,7 @@ def bench_shape(M, N, dtype, rows, quick):
     if torch is not None:
         r["fwd_vs_torch"] = t["torch_fwd"] / t["ln_fwd_alloc"]
         r["bwd_vs_torch"] = t["torch_bwd"] / t["ln_bwd"]
-        r["rms_fwd_vs_torch"] = t["torch_rms_fwd"] / median_time(lambda: lnnumba.rms_norm(x, w), mt)
+        r["rms_fwd_vs_torch"] = t["torch_rms_fwd"] / t["rms_fwd_alloc"]
     rows.append(r)
     return r
 
