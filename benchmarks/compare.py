@@ -2,9 +2,10 @@
 
 Same arrays, same thread count, median of interleaved repeated rounds. Peers: plain NumPy,
 PyTorch CPU (when installed) and a parallel copy of the same bytes (the memory roofline: forward
-moves x in and y out, one copy; backward moves x and dy in and dx out, 1.5 copies, and the same bytes are also timed
-as a triad dx = x + dy, which has the backward's working set: at sizes where three arrays no
-longer fit in the last-level cache but two do, 1.5 copies is faster than any backward can be).
+moves x in and y out, one copy; backward moves x and dy in and dx out, 1.5 copies). The backward's
+bytes are also timed as a triad dx = x + dy, which has the backward's working set: where three
+arrays no longer fit in the last-level cache but two do, 1.5 copies is faster than any backward
+can be.
 
     python benchmarks/compare.py [--quick] [--json results.json]
 
