@@ -3,6 +3,7 @@
 Public names are re-exported here; nothing is defined in this module.
 """
 
+from .nn.cells import GRU, LSTM, RNN
 from .nn.norm import LayerNorm, RMSNorm
 from .norm import (
     layer_norm,
@@ -16,6 +17,9 @@ from .norm import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "GRU",
+    "LSTM",
+    "RNN",
     "LayerNorm",
     "RMSNorm",
     "layer_norm",

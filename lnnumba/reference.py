@@ -73,3 +73,77 @@ def rms_norm_backward(dy, x, rstd, weight=None, axis=-1):
     gy = dy if weight is None else dy * np.asarray(weight, np.float64)
     dx = rstd * (gy - xhat * (gy * xhat).mean(axis=red, keepdims=True))
     return dx, (dy * xhat).sum(axis=batch)
+
+
+# --- recurrent cells (PAPER.md §3) -----------------------------------------------------------
+
+
+def _sigmoid(a):
+    return 1.0 / (1.0 + np.exp(-a))
+
+
+def _ln(a, g, b, eps):
+    return layer_norm_forward(a, g, b, eps)[0]
+
+
+def cell_forward(kind, params, x, state=None, lengths=None, layer_norm=True, eps=1e-5):
+    """Reference forward of an RNN/LSTM/GRU cell over a sequence, float64, step by step.
+
+    kind: "rnn", "lstm" or "gru"; params: dict of arrays named as PAPER.md §3; x: (T, B, I);
+    state: tuple of (B, H) arrays ((h, c) for LSTM, (h,) otherwise) or None for zeros;
+    lengths: (B,) ints or None. Returns (hs (T, B, H), last state tuple). For t >= lengths[b]
+    sequence b's state is kept and its output row is zero.
+    """
+    p = {k: np.asarray(v, np.float64) for k, v in params.items()}
+    x = np.asarray(x, np.float64)
+    T, B, _ = x.shape
+    H = p["Wh"].shape[0]
+    n_state = 2 if kind == "lstm" else 1
+    st = (
+        [np.zeros((B, H)) for _ in range(n_state)]
+        if state is None
+        else [np.array(s, np.float64) for s in state]
+    )
+    lengths = np.full(B, T) if lengths is None else np.asarray(lengths)
+    hs = np.zeros((T, B, H))
+    for t in range(T):
+        h = st[0]
+        xw = x[t] @ p["Wx"]
+        hw = h @ p["Wh"]
+        if kind == "rnn":
+            a = xw + hw
+            hn = np.tanh(_ln(a, p["ln_g"], p["ln_b"], eps) if layer_norm else a + p["b"])
+            new = [hn]
+        elif kind == "lstm":
+            c = st[1]
+            if layer_norm:
+                a = (
+                    _ln(xw, p["ln_x_g"], p["ln_x_b"], eps)
+                    + _ln(hw, p["ln_h_g"], p["ln_h_b"], eps)
+                    + p["b"]
+                )
+            else:
+                a = xw + hw + p["b"]
+            i, f, g, o = np.split(a, 4, axis=1)
+            cn = _sigmoid(f) * c + _sigmoid(i) * np.tanh(g)
+            cc = _ln(cn, p["ln_c_g"], p["ln_c_b"], eps) if layer_norm else cn
+            new = [_sigmoid(o) * np.tanh(cc), cn]
+        else:  # gru
+            H2 = 2 * H
+            if layer_norm:
+                rz = _ln(xw[:, :H2], p["ln_x_g"], p["ln_x_b"], eps) + _ln(
+                    hw[:, :H2], p["ln_h_g"], p["ln_h_b"], eps
+                )
+                xn = _ln(xw[:, H2:], p["ln_xn_g"], p["ln_xn_b"], eps)
+                hn_ = _ln(hw[:, H2:], p["ln_hn_g"], p["ln_hn_b"], eps)
+            else:
+                rz = xw[:, :H2] + p["bx"][:H2] + hw[:, :H2] + p["bh"][:H2]
+                xn = xw[:, H2:] + p["bx"][H2:]
+                hn_ = hw[:, H2:] + p["bh"][H2:]
+            r, z = _sigmoid(rz[:, :H]), _sigmoid(rz[:, H:])
+            n = np.tanh(xn + r * hn_)
+            new = [z * h + (1 - z) * n]
+        active = (t < lengths)[:, None]
+        st = [np.where(active, a_new, a_old) for a_new, a_old in zip(new, st)]
+        hs[t] = np.where(active, st[0], 0.0)
+    return hs, tuple(st)

@@ -203,16 +203,48 @@ def row_backward(dx, dw_acc, dy, x, w, m, c, r, mean_gy, mean_gyxh):
 
 
 @njit(**_jit)
+def row_ln(y, x, w, b, eps, center):
+    """Layer norm (``center``) or RMSNorm of one row, the routine every caller shares.
+
+    y: (N,) out; x: (N,); w, b: (N,) or None. Returns (mean, rstd) as float64 (mean 0 for RMSNorm).
+    """
+    x0, c, r = row_stats_one_pass(x, eps, center)
+    row_forward(y, x, w, b, x0, c, r)
+    return x0 + c * 1.0, r
+
+
+@njit(**_jit)
+def row_ln_backward(dx, dw_acc, db_acc, dy, x, w, mean, rstd, center):
+    """Backward of ``row_ln`` for one row: dx, with dw/db accumulated (``+=``).
+
+    dx: (N,) out; dw_acc, db_acc: (N,) accumulators of x's dtype; dy, x: (N,); w: (N,) or None;
+    mean, rstd: as saved by the forward pass (in any float dtype; mean ignored for RMSNorm).
+    """
+    t = x.dtype.type
+    n = x.shape[0]
+    m = t(mean) if center else t(0)
+    r = rstd * 1.0
+    s_e, s_g, s_ge = row_backward_sums(db_acc, dy, x, w, m)
+    c = 0.0
+    mean_gy = 0.0
+    if center:
+        c = s_e / n  # mean(x) - m: the saved mean's rounding
+        mean_gy = s_g / n
+    # mean(gy * xhat) = r * mean(gy * (x - m - c))
+    mean_gyxh = r * (s_ge - c * s_g) / n
+    row_backward(dx, dw_acc, dy, x, w, m, c, r, mean_gy, mean_gyxh)
+
+
+@njit(**_jit)
 def _forward_rows(y, mean, rstd, x, w, b, eps, center, lo, hi):
     """Rows lo..hi-1 of the forward pass.
 
     y: (M, N) out; mean, rstd: (M,) out or None; x: (M, N); w, b: (N,) or None.
     """
     for i in range(lo, hi):
-        x0, c, r = row_stats_one_pass(x[i], eps, center)
-        row_forward(y[i], x[i], w, b, x0, c, r)
+        m, r = row_ln(y[i], x[i], w, b, eps, center)
         if mean is not None:
-            mean[i] = x0 + c * 1.0
+            mean[i] = m
         if rstd is not None:
             rstd[i] = r
 
@@ -239,22 +271,11 @@ def _backward_rows(dx, dw_acc, db_acc, dy, x, mean, rstd, w, lo, hi):
 
     dx: (M, N) out; dy, x: (M, N); mean: (M,) or None (RMSNorm); rstd: (M,); w: (N,) or None.
     """
-    t = x.dtype.type
-    n = x.shape[1]
     for i in range(lo, hi):
-        m = t(0)
+        m = 0.0
         if mean is not None:
-            m = t(mean[i])
-        r = rstd[i] * 1.0
-        s_e, s_g, s_ge = row_backward_sums(db_acc, dy[i], x[i], w, m)
-        c = 0.0
-        mean_gy = 0.0
-        if mean is not None:
-            c = s_e / n  # mean(x) - m: the saved mean's rounding
-            mean_gy = s_g / n
-        # mean(gy * xhat) = r * mean(gy * (x - m - c))
-        mean_gyxh = r * (s_ge - c * s_g) / n
-        row_backward(dx[i], dw_acc, dy[i], x[i], w, m, c, r, mean_gy, mean_gyxh)
+            m = mean[i] * 1.0
+        row_ln_backward(dx[i], dw_acc, db_acc, dy[i], x[i], w, m, rstd[i], mean is not None)
 
 
 def n_chunks(M):

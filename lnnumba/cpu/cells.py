@@ -1,0 +1,341 @@
+"""Fused per-step kernels of the recurrent cells (PAPER.md §3): everything between the matrix
+products, one ``@njit`` pass over the batch per time step, forward and backward side by side.
+
+The matrix products themselves (the input projection of all steps as one GEMM, the recurrence as
+one GEMM per step) are BLAS calls made by the caller (``lnnumba.nn.cells``). Layer norm is the
+row routine of ``cpu.norm`` (``row_ln`` / ``row_ln_backward``), the same code ``layer_norm`` runs.
+
+Shapes: B batch, H hidden size, G = 4 (LSTM), 3 (GRU) or 1 (RNN) gate blocks.
+``active`` (B,) bool: rows whose sequence has not ended at this step; for the others the state is
+carried unchanged, the output row is zero, and the backward pass passes the state gradient
+through untouched. Saved per step: LN statistics (mean, rstd), gate activations, and for the LSTM
+the unnormalized cell state; the pre-LN products xw, hw are kept by the caller.
+Gradient accumulators (``d*_acc``) are added to (``+=``); zeroing is the caller's job.
+"""
+
+import numpy as np
+from numba import njit
+
+from .norm import row_ln, row_ln_backward
+
+_jit = dict(nogil=True, cache=True)
+
+
+@njit(**_jit)
+def _sigmoid(v):
+    return 1.0 / (1.0 + np.exp(-v))
+
+
+# --- LSTM ----------------------------------------------------------------------------------------
+
+
+@njit(**_jit)
+def lstm_step(h, c, acts, cn, st, xw, hw, h0, c0, b, gx, bx, gh, bh, gc, bc, active, eps, ln, tmp):
+    """One LSTM step for the batch.
+
+    h, c: (B, H) out, new state; acts: (B, 4H) out, gate activations i, f, g, o (after sigmoid /
+    tanh); cn: (B, H) out, tanh of the (normalized, when ``ln``) new cell state; st: (B, 6) out,
+    LN statistics (mean, rstd) of xw, hw and c. xw, hw: (B, 4H) x_t Wx and h_{t-1} Wh; h0, c0:
+    (B, H) previous state; b: (4H,); gx, bx, gh, bh: (4H,) and gc, bc: (H,) LN gains/shifts
+    (unused when not ``ln``); active: (B,) bool; tmp: (4H,) scratch.
+    """
+    B, H = h.shape
+    t = xw.dtype.type
+    for r in range(B):
+        if not active[r]:
+            for j in range(H):
+                h[r, j] = h0[r, j]
+                c[r, j] = c0[r, j]
+            continue
+        a = acts[r]
+        if ln:
+            st[r, 0], st[r, 1] = row_ln(a, xw[r], gx, bx, eps, True)
+            st[r, 2], st[r, 3] = row_ln(tmp, hw[r], gh, bh, eps, True)
+            for j in range(4 * H):
+                a[j] += tmp[j] + b[j]
+        else:
+            for j in range(4 * H):
+                a[j] = xw[r, j] + hw[r, j] + b[j]
+        for j in range(H):
+            ig = t(_sigmoid(a[j]))
+            fg = t(_sigmoid(a[H + j]))
+            gg = t(np.tanh(a[2 * H + j]))
+            og = t(_sigmoid(a[3 * H + j]))
+            a[j] = ig
+            a[H + j] = fg
+            a[2 * H + j] = gg
+            a[3 * H + j] = og
+            c[r, j] = fg * c0[r, j] + ig * gg
+        if ln:
+            st[r, 4], st[r, 5] = row_ln(cn[r], c[r], gc, bc, eps, True)
+        else:
+            for j in range(H):
+                cn[r, j] = c[r, j]
+        for j in range(H):
+            cn[r, j] = np.tanh(cn[r, j])
+            h[r, j] = a[3 * H + j] * cn[r, j]
+
+
+@njit(**_jit)
+def lstm_step_backward(
+    dxw,
+    dhw,
+    dh0,
+    dc0,
+    dh,
+    dc,
+    acts,
+    cn,
+    st,
+    xw,
+    hw,
+    c,
+    c0,
+    gx,
+    gh,
+    gc,
+    db,
+    dgx,
+    dbx,
+    dgh,
+    dbh,
+    dgc,
+    dbc,
+    active,
+    ln,
+    tmp,
+):
+    """Backward of ``lstm_step``.
+
+    dxw, dhw: (B, 4H) out, gradients of x_t Wx and h_{t-1} Wh; dh0, dc0: (B, H) out, the part
+    of the previous state's gradient that does not go through Wh (all of it for ended rows);
+    dh, dc: (B, H) gradients of the new state (dh includes this step's output gradient);
+    acts, cn, st: as saved by ``lstm_step``; xw, hw: (B, 4H) the pre-LN products; c, c0: (B, H)
+    new and previous cell state; gx, gh: (4H,), gc: (H,) LN gains; db, dgx, dbx, dgh, dbh: (4H,)
+    and dgc, dbc: (H,) accumulators; active: (B,) bool; tmp: (2, 4H) scratch.
+    """
+    B, H = dh.shape
+    for r in range(B):
+        if not active[r]:
+            for j in range(H):
+                dh0[r, j] = dh[r, j]
+                dc0[r, j] = dc[r, j]
+            for j in range(4 * H):
+                dxw[r, j] = 0
+                dhw[r, j] = 0
+            continue
+        a = acts[r]
+        da = tmp[0]
+        dcn = tmp[1, :H]
+        dct = tmp[1, H : 2 * H]
+        for j in range(H):
+            do = dh[r, j] * cn[r, j]
+            dcn[j] = dh[r, j] * a[3 * H + j] * (1 - cn[r, j] * cn[r, j])
+            da[3 * H + j] = do * a[3 * H + j] * (1 - a[3 * H + j])
+        if ln:
+            row_ln_backward(dct, dgc, dbc, dcn, c[r], gc, st[r, 4], st[r, 5], True)
+        else:
+            for j in range(H):
+                dct[j] = dcn[j]
+        for j in range(H):
+            dcj = dc[r, j] + dct[j]
+            ig = a[j]
+            fg = a[H + j]
+            gg = a[2 * H + j]
+            da[j] = dcj * gg * ig * (1 - ig)
+            da[H + j] = dcj * c0[r, j] * fg * (1 - fg)
+            da[2 * H + j] = dcj * ig * (1 - gg * gg)
+            dc0[r, j] = dcj * fg
+            dh0[r, j] = 0
+        for j in range(4 * H):
+            db[j] += da[j]
+        if ln:
+            row_ln_backward(dxw[r], dgx, dbx, da, xw[r], gx, st[r, 0], st[r, 1], True)
+            row_ln_backward(dhw[r], dgh, dbh, da, hw[r], gh, st[r, 2], st[r, 3], True)
+        else:
+            for j in range(4 * H):
+                dxw[r, j] = da[j]
+                dhw[r, j] = da[j]
+
+
+# --- GRU -----------------------------------------------------------------------------------------
+
+
+@njit(**_jit)
+def gru_step(
+    h, acts, st, xw, hw, h0, gx, bx, gh, bh, gxn, bxn, ghn, bhn, bxp, bhp, active, eps, ln, tmp
+):
+    """One GRU step for the batch.
+
+    h: (B, H) out; acts: (B, 4H) out, saved r, z, n and the candidate's recurrent term hn (LN of
+    h_{t-1} Wh_n, or it plus bh_n); st: (B, 8) out, LN statistics of xw[:2H], hw[:2H], xw[2H:],
+    hw[2H:]; xw, hw: (B, 3H); h0: (B, H); gx, bx, gh, bh: (2H,), gxn, bxn, ghn, bhn: (H,) LN
+    parameters (when ``ln``); bxp, bhp: (3H,) plain biases (when not ``ln``); tmp: (2, 3H) scratch.
+    """
+    B, H = h.shape
+    H2 = 2 * H
+    t = xw.dtype.type
+    for r in range(B):
+        if not active[r]:
+            for j in range(H):
+                h[r, j] = h0[r, j]
+            continue
+        a = acts[r]
+        u = tmp[0]  # r, z pre-activations, then the candidate's input term
+        v = tmp[1]
+        if ln:
+            st[r, 0], st[r, 1] = row_ln(u[:H2], xw[r, :H2], gx, bx, eps, True)
+            st[r, 2], st[r, 3] = row_ln(v[:H2], hw[r, :H2], gh, bh, eps, True)
+            st[r, 4], st[r, 5] = row_ln(u[H2:], xw[r, H2:], gxn, bxn, eps, True)
+            st[r, 6], st[r, 7] = row_ln(v[H2:], hw[r, H2:], ghn, bhn, eps, True)
+            for j in range(H2):
+                u[j] += v[j]
+        else:
+            for j in range(3 * H):
+                u[j] = xw[r, j] + bxp[j]
+                v[j] = hw[r, j] + bhp[j]
+            for j in range(H2):
+                u[j] += v[j]
+        for j in range(H):
+            rg = t(_sigmoid(u[j]))
+            zg = t(_sigmoid(u[H + j]))
+            hn = v[H2 + j]
+            n = t(np.tanh(u[H2 + j] + rg * hn))
+            a[j] = rg
+            a[H + j] = zg
+            a[H2 + j] = n
+            a[3 * H + j] = hn
+            h[r, j] = zg * h0[r, j] + (1 - zg) * n
+
+
+@njit(**_jit)
+def gru_step_backward(
+    dxw,
+    dhw,
+    dh0,
+    dh,
+    acts,
+    st,
+    xw,
+    hw,
+    h0,
+    gx,
+    gh,
+    gxn,
+    ghn,
+    dgx,
+    dbx,
+    dgh,
+    dbh,
+    dgxn,
+    dbxn,
+    dghn,
+    dbhn,
+    dbxp,
+    dbhp,
+    active,
+    ln,
+    tmp,
+):
+    """Backward of ``gru_step``.
+
+    dxw, dhw: (B, 3H) out; dh0: (B, H) out, the previous state's gradient not through Wh;
+    dh: (B, H) gradient of the new state; acts, st: as saved; xw, hw: (B, 3H); h0: (B, H);
+    LN gains and their accumulators as in ``gru_step``; dbxp, dbhp: (3H,) plain-bias
+    accumulators; tmp: (2, 3H) scratch.
+    """
+    B, H = dh.shape
+    H2 = 2 * H
+    for r in range(B):
+        if not active[r]:
+            for j in range(H):
+                dh0[r, j] = dh[r, j]
+            for j in range(3 * H):
+                dxw[r, j] = 0
+                dhw[r, j] = 0
+            continue
+        a = acts[r]
+        du = tmp[0]  # gradients of the input-side pre-activations [r, z, n]
+        dv = tmp[1]  # and of the recurrent side
+        for j in range(H):
+            rg = a[j]
+            zg = a[H + j]
+            n = a[H2 + j]
+            hn = a[3 * H + j]
+            g = dh[r, j]
+            dh0[r, j] = g * zg
+            dn = g * (1 - zg) * (1 - n * n)
+            dr = dn * hn * rg * (1 - rg)
+            dz = g * (h0[r, j] - n) * zg * (1 - zg)
+            du[j] = dr
+            du[H + j] = dz
+            du[H2 + j] = dn
+            dv[j] = dr
+            dv[H + j] = dz
+            dv[H2 + j] = dn * rg
+        if ln:
+            row_ln_backward(
+                dxw[r, :H2], dgx, dbx, du[:H2], xw[r, :H2], gx, st[r, 0], st[r, 1], True
+            )
+            row_ln_backward(
+                dhw[r, :H2], dgh, dbh, dv[:H2], hw[r, :H2], gh, st[r, 2], st[r, 3], True
+            )
+            row_ln_backward(
+                dxw[r, H2:], dgxn, dbxn, du[H2:], xw[r, H2:], gxn, st[r, 4], st[r, 5], True
+            )
+            row_ln_backward(
+                dhw[r, H2:], dghn, dbhn, dv[H2:], hw[r, H2:], ghn, st[r, 6], st[r, 7], True
+            )
+        else:
+            for j in range(3 * H):
+                dxw[r, j] = du[j]
+                dhw[r, j] = dv[j]
+                dbxp[j] += du[j]
+                dbhp[j] += dv[j]
+
+
+# --- RNN -----------------------------------------------------------------------------------------
+
+
+@njit(**_jit)
+def rnn_step(h, st, xw, hw, h0, g, b, active, eps, ln):
+    """One tanh-RNN step. h: (B, H) out; st: (B, 2) out, LN statistics of a = xw + hw (which is
+    written into xw); xw, hw: (B, H); h0: (B, H); g, b: (H,) LN gain/shift or (b) plain bias."""
+    B, H = h.shape
+    for r in range(B):
+        if not active[r]:
+            for j in range(H):
+                h[r, j] = h0[r, j]
+            continue
+        for j in range(H):
+            xw[r, j] += hw[r, j]
+        if ln:
+            st[r, 0], st[r, 1] = row_ln(h[r], xw[r], g, b, eps, True)
+        else:
+            for j in range(H):
+                h[r, j] = xw[r, j] + b[j]
+        for j in range(H):
+            h[r, j] = np.tanh(h[r, j])
+
+
+@njit(**_jit)
+def rnn_step_backward(da, dh0, dh, h, st, a, g, dg, db, active, ln, tmp):
+    """Backward of ``rnn_step``. da: (B, H) out, gradient of a = x_t Wx + h_{t-1} Wh; dh0: (B, H)
+    out, the previous state's gradient not through Wh; dh: (B, H); h: (B, H) the step's output;
+    st, a: as saved; g: (H,) LN gain; dg, db: (H,) accumulators; tmp: (H,) scratch."""
+    B, H = dh.shape
+    for r in range(B):
+        if not active[r]:
+            for j in range(H):
+                dh0[r, j] = dh[r, j]
+                da[r, j] = 0
+            continue
+        for j in range(H):
+            tmp[j] = dh[r, j] * (1 - h[r, j] * h[r, j])
+            dh0[r, j] = 0
+        if ln:
+            row_ln_backward(da[r], dg, db, tmp, a[r], g, st[r, 0], st[r, 1], True)
+        else:
+            for j in range(H):
+                da[r, j] = tmp[j]
+                db[j] += tmp[j]

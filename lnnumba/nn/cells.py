@@ -1,0 +1,488 @@
+"""Layer-normalized (and plain) RNN, LSTM and GRU cells with hand-written backpropagation
+through time. Parameterization, gate order and initialization: PAPER.md §3.
+
+Matrix products go to BLAS (NumPy's ``@``): the input projection of all T steps as one GEMM, the
+recurrence as one GEMM per step; everything between them is one fused ``@njit`` pass per step
+(``lnnumba.cpu.cells``), which uses the same layer-norm row routine as ``layer_norm``.
+
+Shapes: x (T, B, I) time-major; hs (T, B, H); states are tuples, ``(h, c)`` for the LSTM and
+``(h,)`` for the GRU and RNN, each (B, H); ``None`` means zeros.
+"""
+
+from typing import NamedTuple
+
+import numpy as np
+
+from .. import _args
+from ..cpu import cells as _k
+
+
+class CellCache(NamedTuple):
+    """What ``backward`` needs from ``forward``. T steps, B rows, H hidden, G gate blocks."""
+
+    owner: object
+    x: np.ndarray  # (T, B, I) the input
+    active: np.ndarray  # (T, B) bool: step t of row b is inside its sequence
+    h: np.ndarray  # (T + 1, B, H) states h_0 .. h_T
+    c: np.ndarray  # (T + 1, B, H) LSTM cell states (unnormalized), else (0,)
+    xw: np.ndarray  # (T, B, G*H) x_t Wx (RNN: x_t Wx + h_{t-1} Wh)
+    hw: np.ndarray  # (T, B, G*H) h_{t-1} Wh
+    acts: np.ndarray  # (T, B, k*H) gate activations
+    st: np.ndarray  # (T, B, s) LN statistics (mean, rstd) per normalized row
+    cn: np.ndarray  # (T, B, H) LSTM tanh of the (normalized) cell state, else (0,)
+
+
+def _positive_int(cls, name, v):
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+        raise TypeError(f"{cls}: {name} must be an int, got {type(v).__name__}")
+    if v < 1:
+        raise ValueError(f"{cls}: {name} must be >= 1, got {v}")
+    return int(v)
+
+
+class _Cell:
+    """Shared machinery of the three cells; subclasses define the parameters and the step."""
+
+    _name = ""
+    G = 1  # gate blocks in Wx / Wh
+    n_state = 1
+
+    def __init__(
+        self, input_size, hidden_size, *, layer_norm=True, dtype=np.float32, seed=None, eps=1e-5
+    ):
+        cls = self._name
+        self.input_size = _positive_int(cls, "input_size", input_size)
+        self.hidden_size = _positive_int(cls, "hidden_size", hidden_size)
+        if not isinstance(layer_norm, (bool, np.bool_)):
+            raise TypeError(f"{cls}: layer_norm must be a bool, got {type(layer_norm).__name__}")
+        self.layer_norm = bool(layer_norm)
+        try:
+            dt = np.dtype(dtype)
+        except TypeError:
+            raise TypeError(f"{cls}: dtype must be a NumPy dtype, got {dtype!r}") from None
+        if dt not in (np.float32, np.float64):
+            raise TypeError(f"{cls}: dtype must be float32 or float64, got {dt}")
+        self.dtype = dt
+        self.eps = _args.check_eps(cls, eps)
+        rng = np.random.default_rng(seed)
+        I, H, GH = self.input_size, self.hidden_size, self.G * self.hidden_size
+        k = 1.0 / np.sqrt(H)
+        self.params = {
+            "Wx": rng.uniform(-k, k, (I, GH)).astype(dt),
+            "Wh": rng.uniform(-k, k, (H, GH)).astype(dt),
+        }
+        self._init_params(rng)
+        self._empty = np.zeros(0, dt)
+
+    # -- helpers ------------------------------------------------------------------------------
+
+    def _p(self, name):
+        """The current value of a parameter (optimizers update ``params`` in place), checked."""
+        a = self.params.get(name)
+        if a is None:
+            return self._empty
+        return a
+
+    def _zeros(self, shape):
+        return np.zeros(shape, self.dtype)
+
+    def _check_x(self, x, ndim, what):
+        fn = f"{self._name}.{what}"
+        x = _args.as_array(fn, "x", x)
+        if x.ndim != ndim:
+            shape = "(T, B, I)" if ndim == 3 else "(B, I)"
+            raise ValueError(f"{fn}: x has {x.ndim} dimensions, expected {ndim}: {shape}")
+        if x.shape[-1] != self.input_size:
+            raise ValueError(
+                f"{fn}: x has {x.shape[-1]} input features (last dimension), expected "
+                f"input_size={self.input_size}"
+            )
+        if x.dtype != self.dtype:
+            raise TypeError(
+                f"{fn}: x has dtype {x.dtype}, expected {self.dtype} (the cell's dtype)"
+            )
+        return np.ascontiguousarray(x)
+
+    def _check_state(self, state, B, what, name="state"):
+        fn = f"{self._name}.{what}"
+        H = self.hidden_size
+        if state is None:
+            return [self._zeros((B, H)) for _ in range(self.n_state)]
+        if not isinstance(state, (tuple, list)):
+            raise TypeError(
+                f"{fn}: {name} must be a tuple of {self.n_state} arrays "
+                f"({self._state_names}) or None, got {type(state).__name__}"
+            )
+        if len(state) != self.n_state:
+            raise ValueError(
+                f"{fn}: {name} has {len(state)} arrays, expected {self.n_state} "
+                f"({self._state_names})"
+            )
+        out = []
+        for i, s in enumerate(state):
+            s = _args.as_array(fn, f"{name}[{i}]", s)
+            if s.shape != (B, H):
+                raise ValueError(f"{fn}: {name}[{i}] has shape {s.shape}, expected {(B, H)}")
+            if s.dtype != self.dtype:
+                raise TypeError(f"{fn}: {name}[{i}] has dtype {s.dtype}, expected {self.dtype}")
+            out.append(np.array(s, order="C"))  # a copy: the caller's arrays are never written
+        return out
+
+    def _check_lengths(self, lengths, T, B):
+        fn = f"{self._name}.forward"
+        if lengths is None:
+            return np.ones((T, B), bool)
+        lengths = _args.as_array(fn, "lengths", lengths)
+        if lengths.dtype.kind not in "iu":
+            raise TypeError(f"{fn}: lengths must be integers, got dtype {lengths.dtype}")
+        if lengths.shape != (B,):
+            raise ValueError(f"{fn}: lengths has shape {lengths.shape}, expected {(B,)}")
+        if B and (lengths.min() < 0 or lengths.max() > T):
+            raise ValueError(
+                f"{fn}: lengths must lie in [0, T={T}], got {lengths.min()}..{lengths.max()}"
+            )
+        return np.arange(T)[:, None] < lengths[None, :]
+
+    # -- public API ---------------------------------------------------------------------------
+
+    def forward(self, x, state=None, lengths=None):
+        """Runs the cell over a sequence.
+
+        x: (T, B, I) of the cell's dtype; state: initial state tuple or None (zeros);
+        lengths: (B,) ints in [0, T] or None (all T). For t >= lengths[b], sequence b's state
+        stays as it was and its output row is zero.
+
+        Returns (hs, last, cache): hs (T, B, H); last, the state tuple after each sequence's own
+        last step; cache for ``backward``. Raises TypeError/ValueError for bad input.
+        """
+        x = self._check_x(x, 3, "forward")
+        T, B, I = x.shape
+        H, GH = self.hidden_size, self.G * self.hidden_size
+        st0 = self._check_state(state, B, "forward")
+        active = self._check_lengths(lengths, T, B)
+        Wx, Wh = self._p("Wx"), self._p("Wh")
+        xw = (x.reshape(T * B, I) @ Wx).reshape(T, B, GH)  # one GEMM for all steps
+        h = self._zeros((T + 1, B, H))
+        h[0] = st0[0]
+        c = self._zeros((T + 1, B, H)) if self.n_state == 2 else self._empty
+        if self.n_state == 2:
+            c[0] = st0[1]
+        hw = self._zeros((T, B, GH))
+        acts, stats, cn = self._buffers(T, B)
+        for t in range(T):
+            np.matmul(h[t], Wh, out=hw[t])
+            self._step(t, h, c, acts, stats, cn, xw, hw, active[t])
+        hs = h[1:].copy()
+        if lengths is not None:
+            hs[~active] = 0
+        last = (h[T].copy(), c[T].copy()) if self.n_state == 2 else (h[T].copy(),)
+        return hs, last, CellCache(self, x, active, h, c, xw, hw, acts, stats, cn)
+
+    def backward(self, dhs, cache, dlast=None):
+        """Backpropagation through time for one ``forward`` call.
+
+        dhs: (T, B, H) gradient of the outputs; cache: from ``forward``; dlast: gradient of
+        ``last`` (a state tuple) or None. Returns (dx, grads, dstate): dx (T, B, I), grads keyed
+        like ``params``, dstate the gradient of the initial state (a tuple).
+        """
+        fn = f"{self._name}.backward"
+        if not isinstance(cache, CellCache) or cache.owner is not self:
+            raise ValueError(
+                f"{fn}: cache does not come from this cell's forward(); pass the cache that "
+                "forward() returned"
+            )
+        T, B, I = cache.x.shape
+        H, GH = self.hidden_size, self.G * self.hidden_size
+        dhs = _args.as_array(fn, "dhs", dhs)
+        if dhs.shape != (T, B, H):
+            raise ValueError(f"{fn}: dhs has shape {dhs.shape}, expected {(T, B, H)}")
+        if dhs.dtype != self.dtype:
+            raise TypeError(f"{fn}: dhs has dtype {dhs.dtype}, expected {self.dtype}")
+        dst = self._check_state(dlast, B, "backward", "dlast")
+        grads = {k: np.zeros_like(v) for k, v in self.params.items()}
+        Wh = self._p("Wh")
+        dxw = self._zeros((T, B, GH))
+        dhw = self._zeros((B, GH))
+        dh0 = self._zeros((B, H))
+        dc0 = self._zeros((B, H))
+        dh = dst[0]
+        dc = dst[1] if self.n_state == 2 else self._empty
+        for t in range(T - 1, -1, -1):
+            act = cache.active[t]
+            dh = dh + np.where(act[:, None], dhs[t], 0)
+            self._step_backward(t, cache, grads, dxw, dhw, dh0, dc0, dh, dc, act)
+            dWh_t = cache.h[t].T @ (dxw[t] if self.G == 1 else dhw)
+            grads["Wh"] += dWh_t
+            dh = dh0 + (dxw[t] if self.G == 1 else dhw) @ Wh.T
+            if self.n_state == 2:
+                dc, dc0 = dc0, dc
+        dxw2 = dxw.reshape(T * B, GH)
+        grads["Wx"] += cache.x.reshape(T * B, I).T @ dxw2
+        dx = (dxw2 @ self._p("Wx").T).reshape(T, B, I)
+        dstate = (dh, np.array(dc)) if self.n_state == 2 else (dh,)
+        return dx, grads, dstate
+
+    def step(self, x_t, state=None):
+        """One step without a cache, the inference path. x_t: (B, I); state: tuple or None.
+        Returns the new state tuple."""
+        x_t = self._check_x(x_t, 2, "step")
+        B = x_t.shape[0]
+        st0 = self._check_state(state, B, "step")
+        H, GH = self.hidden_size, self.G * self.hidden_size
+        h = self._zeros((2, B, H))
+        h[0] = st0[0]
+        c = self._empty
+        if self.n_state == 2:
+            c = self._zeros((2, B, H))
+            c[0] = st0[1]
+        xw = (x_t @ self._p("Wx")).reshape(1, B, GH)
+        hw = (st0[0] @ self._p("Wh")).reshape(1, B, GH)
+        acts, stats, cn = self._buffers(1, B)
+        self._step(0, h, c, acts, stats, cn, xw, hw, np.ones(B, bool))
+        return (h[1], c[1]) if self.n_state == 2 else (h[1],)
+
+    def __repr__(self):
+        return (
+            f"{self._name}({self.input_size}, {self.hidden_size}, layer_norm={self.layer_norm}, "
+            f"dtype={self.dtype})"
+        )
+
+
+class LSTM(_Cell):
+    """Long short-term memory cell, layer-normalized by default (PAPER.md §3, gates i, f, g, o).
+
+    ``LSTM(input_size, hidden_size, *, layer_norm=True, dtype=np.float32, seed=None, eps=1e-5,
+    forget_bias=0.0)``. Parameters: Wx (I, 4H), Wh (H, 4H), b (4H); with LN also ln_x_g, ln_x_b,
+    ln_h_g, ln_h_b (4H) and ln_c_g, ln_c_b (H). ``forget_bias`` initializes the forget gate's
+    part of b (1.0 is a common choice). State: (h, c). See ``forward``, ``backward``, ``step``.
+    """
+
+    _name = "LSTM"
+    G = 4
+    n_state = 2
+    _state_names = "h, c"
+
+    def __init__(
+        self,
+        input_size,
+        hidden_size,
+        *,
+        layer_norm=True,
+        dtype=np.float32,
+        seed=None,
+        eps=1e-5,
+        forget_bias=0.0,
+    ):
+        self._forget_bias = float(forget_bias)
+        super().__init__(
+            input_size, hidden_size, layer_norm=layer_norm, dtype=dtype, seed=seed, eps=eps
+        )
+
+    def _init_params(self, rng):
+        H, dt = self.hidden_size, self.dtype
+        b = np.zeros(4 * H, dt)
+        b[H : 2 * H] = self._forget_bias
+        self.params["b"] = b
+        if self.layer_norm:
+            for n, size in [("x", 4 * H), ("h", 4 * H), ("c", H)]:
+                self.params[f"ln_{n}_g"] = np.ones(size, dt)
+                self.params[f"ln_{n}_b"] = np.zeros(size, dt)
+
+    def _buffers(self, T, B):
+        H = self.hidden_size
+        self._tmp = self._zeros(4 * H)
+        return self._zeros((T, B, 4 * H)), self._zeros((T, B, 6)), self._zeros((T, B, H))
+
+    def _step(self, t, h, c, acts, st, cn, xw, hw, active):
+        p = self._p
+        _k.lstm_step(
+            h[t + 1],
+            c[t + 1],
+            acts[t],
+            cn[t],
+            st[t],
+            xw[t],
+            hw[t],
+            h[t],
+            c[t],
+            p("b"),
+            p("ln_x_g"),
+            p("ln_x_b"),
+            p("ln_h_g"),
+            p("ln_h_b"),
+            p("ln_c_g"),
+            p("ln_c_b"),
+            active,
+            self.eps,
+            self.layer_norm,
+            self._tmp,
+        )
+
+    def _step_backward(self, t, k, g, dxw, dhw, dh0, dc0, dh, dc, active):
+        p = self._p
+        e = self._empty
+        tmp = self._zeros((2, 4 * self.hidden_size))
+        _k.lstm_step_backward(
+            dxw[t],
+            dhw,
+            dh0,
+            dc0,
+            dh,
+            dc,
+            k.acts[t],
+            k.cn[t],
+            k.st[t],
+            k.xw[t],
+            k.hw[t],
+            k.c[t + 1],
+            k.c[t],
+            p("ln_x_g"),
+            p("ln_h_g"),
+            p("ln_c_g"),
+            g["b"],
+            g.get("ln_x_g", e),
+            g.get("ln_x_b", e),
+            g.get("ln_h_g", e),
+            g.get("ln_h_b", e),
+            g.get("ln_c_g", e),
+            g.get("ln_c_b", e),
+            active,
+            self.layer_norm,
+            tmp,
+        )
+
+
+class GRU(_Cell):
+    """Gated recurrent unit, layer-normalized by default (PAPER.md §3, gates r, z, candidate n).
+
+    ``GRU(input_size, hidden_size, *, layer_norm=True, dtype=np.float32, seed=None, eps=1e-5)``.
+    Parameters: Wx (I, 3H), Wh (H, 3H); plain: bx, bh (3H), as PyTorch's b_ih, b_hh; with LN:
+    ln_x_g, ln_x_b, ln_h_g, ln_h_b (2H) and ln_xn_g, ln_xn_b, ln_hn_g, ln_hn_b (H). State: (h,).
+    """
+
+    _name = "GRU"
+    G = 3
+    n_state = 1
+    _state_names = "h"
+
+    def _init_params(self, rng):
+        H, dt = self.hidden_size, self.dtype
+        if self.layer_norm:
+            for n, size in [("x", 2 * H), ("h", 2 * H), ("xn", H), ("hn", H)]:
+                self.params[f"ln_{n}_g"] = np.ones(size, dt)
+                self.params[f"ln_{n}_b"] = np.zeros(size, dt)
+        else:
+            self.params["bx"] = np.zeros(3 * H, dt)
+            self.params["bh"] = np.zeros(3 * H, dt)
+
+    def _buffers(self, T, B):
+        H = self.hidden_size
+        self._tmp = self._zeros((2, 3 * H))
+        return self._zeros((T, B, 4 * H)), self._zeros((T, B, 8)), self._empty
+
+    def _step(self, t, h, c, acts, st, cn, xw, hw, active):
+        p = self._p
+        _k.gru_step(
+            h[t + 1],
+            acts[t],
+            st[t],
+            xw[t],
+            hw[t],
+            h[t],
+            p("ln_x_g"),
+            p("ln_x_b"),
+            p("ln_h_g"),
+            p("ln_h_b"),
+            p("ln_xn_g"),
+            p("ln_xn_b"),
+            p("ln_hn_g"),
+            p("ln_hn_b"),
+            p("bx"),
+            p("bh"),
+            active,
+            self.eps,
+            self.layer_norm,
+            self._tmp,
+        )
+
+    def _step_backward(self, t, k, g, dxw, dhw, dh0, dc0, dh, dc, active):
+        p = self._p
+        e = self._empty
+        tmp = self._zeros((2, 3 * self.hidden_size))
+        _k.gru_step_backward(
+            dxw[t],
+            dhw,
+            dh0,
+            dh,
+            k.acts[t],
+            k.st[t],
+            k.xw[t],
+            k.hw[t],
+            k.h[t],
+            p("ln_x_g"),
+            p("ln_h_g"),
+            p("ln_xn_g"),
+            p("ln_hn_g"),
+            g.get("ln_x_g", e),
+            g.get("ln_x_b", e),
+            g.get("ln_h_g", e),
+            g.get("ln_h_b", e),
+            g.get("ln_xn_g", e),
+            g.get("ln_xn_b", e),
+            g.get("ln_hn_g", e),
+            g.get("ln_hn_b", e),
+            g.get("bx", e),
+            g.get("bh", e),
+            active,
+            self.layer_norm,
+            tmp,
+        )
+
+
+class RNN(_Cell):
+    """Elman tanh RNN, layer-normalized by default (PAPER.md §3, eq. 4).
+
+    ``RNN(input_size, hidden_size, *, layer_norm=True, dtype=np.float32, seed=None, eps=1e-5)``.
+    Parameters: Wx (I, H), Wh (H, H); LN: ln_g, ln_b (H); plain: b (H). State: (h,).
+    """
+
+    _name = "RNN"
+    G = 1
+    n_state = 1
+    _state_names = "h"
+
+    def _init_params(self, rng):
+        H, dt = self.hidden_size, self.dtype
+        if self.layer_norm:
+            self.params["ln_g"] = np.ones(H, dt)
+            self.params["ln_b"] = np.zeros(H, dt)
+        else:
+            self.params["b"] = np.zeros(H, dt)
+
+    def _buffers(self, T, B):
+        return self._empty, self._zeros((T, B, 2)), self._empty
+
+    def _step(self, t, h, c, acts, st, cn, xw, hw, active):
+        # xw[t] becomes a = x_t Wx + h_{t-1} Wh (saved for the backward pass)
+        g = self._p("ln_g") if self.layer_norm else self._empty
+        b = self._p("ln_b") if self.layer_norm else self._p("b")
+        _k.rnn_step(h[t + 1], st[t], xw[t], hw[t], h[t], g, b, active, self.eps, self.layer_norm)
+
+    def _step_backward(self, t, k, g, dxw, dhw, dh0, dc0, dh, dc, active):
+        gain = self._p("ln_g") if self.layer_norm else self._empty
+        dg = g["ln_g"] if self.layer_norm else self._empty
+        db = g["ln_b"] if self.layer_norm else g["b"]
+        _k.rnn_step_backward(
+            dxw[t],
+            dh0,
+            dh,
+            k.h[t + 1],
+            k.st[t],
+            k.xw[t],
+            gain,
+            dg,
+            db,
+            active,
+            self.layer_norm,
+            self._zeros(self.hidden_size),
+        )

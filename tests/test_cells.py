@@ -1,0 +1,283 @@
+"""RNN / LSTM / GRU cells, with and without layer norm: the float64 reference, finite
+differences, step-by-step vs whole sequence, chunks, variable lengths, and PyTorch's cells."""
+
+import numpy as np
+import pytest
+
+import lnnumba as L
+from lnnumba import reference as R
+
+CELLS = [("lstm", L.LSTM), ("gru", L.GRU), ("rnn", L.RNN)]
+
+
+def make_cell(cls, ln, dtype=np.float64, I=3, H=4, seed=0):
+    """A cell with every parameter randomized (LN gains away from 1, biases away from 0)."""
+    cell = cls(I, H, layer_norm=ln, dtype=dtype, seed=seed)
+    rng = np.random.default_rng(seed + 1)
+    for k, v in cell.params.items():
+        if k not in ("Wx", "Wh"):
+            v[...] = rng.standard_normal(v.shape) * 0.5 + (1.0 if k.endswith("_g") else 0.0)
+    return cell
+
+
+def rand_state(cell, B, rng, dtype=np.float64):
+    return tuple(
+        rng.standard_normal((B, cell.hidden_size)).astype(dtype) for _ in range(cell.n_state)
+    )
+
+
+@pytest.mark.parametrize("kind,cls", CELLS)
+@pytest.mark.parametrize("ln", [True, False])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_forward_matches_reference(kind, cls, ln, dtype, rng):
+    cell = make_cell(cls, ln, dtype)
+    x = rng.standard_normal((5, 3, 3)).astype(dtype)
+    st = rand_state(cell, 3, rng, dtype)
+    lengths = np.array([5, 2, 0])
+    hs, last, _ = cell.forward(x, st, lengths)
+    hr, lr = R.cell_forward(kind, cell.params, x, st, lengths, ln)
+    tol = 1e-12 if dtype == np.float64 else 2e-5
+    assert hs.dtype == dtype and hs.shape == (5, 3, 4)
+    np.testing.assert_allclose(hs, hr, atol=tol, rtol=tol)
+    for a, b in zip(last, lr):
+        np.testing.assert_allclose(a, b, atol=tol, rtol=tol)
+    np.testing.assert_array_equal(hs[2:, 1], 0)  # past its length: zero output
+    np.testing.assert_array_equal(last[0][2], st[0][2])  # length 0: the initial state
+
+
+@pytest.mark.parametrize("kind,cls", CELLS)
+@pytest.mark.parametrize("ln", [True, False])
+def test_backward_matches_finite_differences(kind, cls, ln, rng):
+    cell = make_cell(cls, ln)
+    T, B = 4, 3
+    x = rng.standard_normal((T, B, 3))
+    st = rand_state(cell, B, rng)
+    lengths = np.array([4, 2, 3])
+    G = rng.standard_normal((T, B, 4))
+    Gl = rand_state(cell, B, rng)
+
+    def loss():
+        hs, last, _ = cell.forward(x, st, lengths)
+        return np.sum(hs * G) + sum(np.sum(a * g) for a, g in zip(last, Gl))
+
+    _, _, cache = cell.forward(x, st, lengths)
+    dx, grads, dstate = cell.backward(G, cache, Gl)
+    assert set(grads) == set(cell.params)
+    h = 1e-6
+    targets = [(x, dx)] + [(cell.params[k], grads[k]) for k in cell.params]
+    targets += list(zip(st, dstate))
+    for arr, grad in targets:
+        flat, gflat = arr.reshape(-1), grad.reshape(-1)
+        assert grad.shape == arr.shape
+        for i in range(flat.size):
+            old = flat[i]
+            flat[i] = old + h
+            fp = loss()
+            flat[i] = old - h
+            fm = loss()
+            flat[i] = old
+            num = (fp - fm) / (2 * h)
+            assert abs(num - gflat[i]) < 1e-6 * (1 + abs(num)), (kind, ln, i, num, gflat[i])
+
+
+@pytest.mark.parametrize("kind,cls", CELLS)
+@pytest.mark.parametrize("ln", [True, False])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_steps_equal_one_forward(kind, cls, ln, dtype, rng):
+    cell = make_cell(cls, ln, dtype)
+    x = rng.standard_normal((6, 2, 3)).astype(dtype)
+    st = rand_state(cell, 2, rng, dtype)
+    hs, last, _ = cell.forward(x, st)
+    s = st
+    for t in range(6):
+        s = cell.step(x[t], s)
+        np.testing.assert_allclose(s[0], hs[t], rtol=1e-5, atol=1e-6)
+    for a, b in zip(s, last):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind,cls", CELLS)
+@pytest.mark.parametrize("ln", [True, False])
+def test_two_chunks_equal_one_run(kind, cls, ln, rng):
+    cell = make_cell(cls, ln)
+    x = rng.standard_normal((6, 2, 3))
+    st = rand_state(cell, 2, rng)
+    G = rng.standard_normal((6, 2, 4))
+    hs, last, cache = cell.forward(x, st)
+    dx, grads, dst = cell.backward(G, cache)
+    hs1, mid, c1 = cell.forward(x[:4], st)
+    hs2, last2, c2 = cell.forward(x[4:], mid)
+    np.testing.assert_allclose(np.concatenate([hs1, hs2]), hs, rtol=1e-12, atol=1e-12)
+    dx2, g2, dmid = cell.backward(G[4:], c2)
+    dx1, g1, dst1 = cell.backward(G[:4], c1, dmid)
+    np.testing.assert_allclose(np.concatenate([dx1, dx2]), dx, rtol=1e-10, atol=1e-12)
+    for k in grads:
+        np.testing.assert_allclose(g1[k] + g2[k], grads[k], rtol=1e-10, atol=1e-12)
+    for a, b in zip(dst1, dst):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("kind,cls", CELLS)
+@pytest.mark.parametrize("ln", [True, False])
+def test_lengths_equal_each_sequence_alone(kind, cls, ln, rng):
+    cell = make_cell(cls, ln)
+    T, B = 5, 3
+    x = rng.standard_normal((T, B, 3))
+    st = rand_state(cell, B, rng)
+    lengths = np.array([5, 1, 3])
+    G = rng.standard_normal((T, B, 4))
+    Gl = rand_state(cell, B, rng)
+    hs, last, cache = cell.forward(x, st, lengths)
+    dx, grads, dst = cell.backward(G, cache, Gl)
+    total = {k: np.zeros_like(v) for k, v in grads.items()}
+    for b in range(B):
+        n = lengths[b]
+        sb = tuple(s[b : b + 1] for s in st)
+        hb, lb, cb = cell.forward(x[:n, b : b + 1], sb)
+        np.testing.assert_allclose(hs[:n, b], hb[:, 0], rtol=1e-12, atol=1e-12)
+        for a, c in zip(last, lb):
+            np.testing.assert_allclose(a[b], c[0], rtol=1e-12, atol=1e-12)
+        dxb, gb, dsb = cell.backward(G[:n, b : b + 1], cb, tuple(g[b : b + 1] for g in Gl))
+        np.testing.assert_allclose(dx[:n, b], dxb[:, 0], rtol=1e-10, atol=1e-12)
+        np.testing.assert_array_equal(dx[n:, b], 0)
+        for a, c in zip(dst, dsb):
+            np.testing.assert_allclose(a[b], c[0], rtol=1e-10, atol=1e-12)
+        for k in total:
+            total[k] += gb[k]
+    for k in grads:
+        np.testing.assert_allclose(grads[k], total[k], rtol=1e-10, atol=1e-12)
+
+
+def test_parameters_and_init():
+    c = L.LSTM(3, 5, seed=0)
+    assert {k: v.shape for k, v in c.params.items()} == {
+        "Wx": (3, 20),
+        "Wh": (5, 20),
+        "b": (20,),
+        "ln_x_g": (20,),
+        "ln_x_b": (20,),
+        "ln_h_g": (20,),
+        "ln_h_b": (20,),
+        "ln_c_g": (5,),
+        "ln_c_b": (5,),
+    }
+    assert all(v.dtype == np.float32 for v in c.params.values())
+    assert np.abs(c.params["Wx"]).max() <= 1 / np.sqrt(5)
+    np.testing.assert_array_equal(c.params["ln_x_g"], 1)
+    np.testing.assert_array_equal(L.LSTM(3, 5, seed=0).params["Wh"], c.params["Wh"])  # seeded
+    assert L.LSTM(3, 5, forget_bias=1.0).params["b"][5:10].tolist() == [1.0] * 5
+    assert set(L.LSTM(3, 5, layer_norm=False).params) == {"Wx", "Wh", "b"}
+    assert set(L.GRU(3, 5, layer_norm=False).params) == {"Wx", "Wh", "bx", "bh"}
+    assert set(L.GRU(3, 5).params) == {
+        "Wx",
+        "Wh",
+        "ln_x_g",
+        "ln_x_b",
+        "ln_h_g",
+        "ln_h_b",
+        "ln_xn_g",
+        "ln_xn_b",
+        "ln_hn_g",
+        "ln_hn_b",
+    }
+    assert L.GRU(3, 5).params["ln_x_g"].shape == (10,)
+    assert set(L.RNN(3, 5).params) == {"Wx", "Wh", "ln_g", "ln_b"}
+    assert set(L.RNN(3, 5, layer_norm=False).params) == {"Wx", "Wh", "b"}
+
+
+def test_params_updated_in_place_are_used(rng):
+    cell = L.LSTM(3, 4, dtype=np.float64, seed=0)
+    x = rng.standard_normal((2, 1, 3))
+    before = cell.forward(x)[0]
+    cell.params["Wx"] *= 2.0
+    after = cell.forward(x)[0]
+    np.testing.assert_allclose(after, R.cell_forward("lstm", cell.params, x)[0], atol=1e-12)
+    assert not np.allclose(before, after)
+
+
+def test_inputs_are_not_modified(rng):
+    cell = make_cell(L.LSTM, True)
+    x = rng.standard_normal((3, 2, 3))
+    st = rand_state(cell, 2, rng)
+    copies = [x.copy()] + [s.copy() for s in st]
+    hs, last, cache = cell.forward(x, st)
+    G = rng.standard_normal(hs.shape)
+    Gc = G.copy()
+    cell.backward(G, cache, st)
+    cell.step(x[0], st)
+    for a, c in zip([x, *st], copies):
+        np.testing.assert_array_equal(a, c)
+    np.testing.assert_array_equal(G, Gc)
+
+
+def test_bad_input():
+    c = L.LSTM(3, 4)
+    x = np.zeros((2, 1, 3), np.float32)
+    with pytest.raises(ValueError, match="expected 3"):
+        c.forward(np.zeros((2, 3), np.float32))
+    with pytest.raises(ValueError, match="input_size=3"):
+        c.forward(np.zeros((2, 1, 5), np.float32))
+    with pytest.raises(TypeError, match="dtype float64, expected float32"):
+        c.forward(np.zeros((2, 1, 3)))
+    with pytest.raises(ValueError, match="state has 1 arrays, expected 2"):
+        c.forward(x, (np.zeros((1, 4), np.float32),))
+    with pytest.raises(ValueError, match=r"state\[1\] has shape"):
+        c.forward(x, (np.zeros((1, 4), np.float32), np.zeros((2, 4), np.float32)))
+    with pytest.raises(TypeError, match="must be a tuple"):
+        c.forward(x, np.zeros((1, 4), np.float32))
+    with pytest.raises(TypeError, match=r"state\[0\] has dtype"):
+        c.forward(x, (np.zeros((1, 4)), np.zeros((1, 4))))
+    with pytest.raises(ValueError, match="lengths must lie in"):
+        c.forward(x, lengths=np.array([3]))
+    with pytest.raises(TypeError, match="lengths must be integers"):
+        c.forward(x, lengths=np.array([1.0]))
+    with pytest.raises(ValueError, match="lengths has shape"):
+        c.forward(x, lengths=np.array([1, 1]))
+    _, _, cache = L.LSTM(3, 4).forward(x)
+    with pytest.raises(ValueError, match="cache does not come from this cell"):
+        c.backward(np.zeros((2, 1, 4), np.float32), cache)
+    _, _, cache = c.forward(x)
+    with pytest.raises(ValueError, match="dhs has shape"):
+        c.backward(np.zeros((2, 1, 5), np.float32), cache)
+    with pytest.raises(ValueError, match="dlast has 1 arrays"):
+        c.backward(np.zeros((2, 1, 4), np.float32), cache, (np.zeros((1, 4), np.float32),))
+    with pytest.raises(ValueError, match="expected 2"):
+        c.step(x)
+    with pytest.raises(ValueError, match="hidden_size must be >= 1"):
+        L.GRU(3, 0)
+    with pytest.raises(TypeError, match="input_size must be an int"):
+        L.RNN(3.0, 4)
+    with pytest.raises(TypeError, match="dtype must be float32 or float64"):
+        L.RNN(3, 4, dtype=np.int32)
+
+
+# --- the plain cells compute exactly what PyTorch's do -------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["rnn", "lstm", "gru"])
+def test_plain_cells_match_pytorch(kind, rng):
+    torch = pytest.importorskip("torch")
+    I, H, T, B = 3, 5, 4, 2
+    mod = {"rnn": torch.nn.RNN, "lstm": torch.nn.LSTM, "gru": torch.nn.GRU}[kind](I, H).double()
+    sd = {k: v.detach().numpy() for k, v in mod.state_dict().items()}
+    cls = {"rnn": L.RNN, "lstm": L.LSTM, "gru": L.GRU}[kind]
+    cell = cls(I, H, layer_norm=False, dtype=np.float64)
+    cell.params["Wx"][...] = sd["weight_ih_l0"].T
+    cell.params["Wh"][...] = sd["weight_hh_l0"].T
+    if kind == "gru":
+        cell.params["bx"][...] = sd["bias_ih_l0"]
+        cell.params["bh"][...] = sd["bias_hh_l0"]
+    else:
+        cell.params["b"][...] = sd["bias_ih_l0"] + sd["bias_hh_l0"]
+    x = rng.standard_normal((T, B, I))
+    h0 = rng.standard_normal((1, B, H))
+    if kind == "lstm":
+        c0 = rng.standard_normal((1, B, H))
+        out, (hT, cT) = mod(torch.from_numpy(x), (torch.from_numpy(h0), torch.from_numpy(c0)))
+        hs, last, _ = cell.forward(x, (h0[0], c0[0]))
+        np.testing.assert_allclose(last[1], cT.detach().numpy()[0], rtol=1e-12, atol=1e-12)
+    else:
+        out, hT = mod(torch.from_numpy(x), torch.from_numpy(h0))
+        hs, last, _ = cell.forward(x, (h0[0],))
+    np.testing.assert_allclose(hs, out.detach().numpy(), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(last[0], hT.detach().numpy()[0], rtol=1e-12, atol=1e-12)
