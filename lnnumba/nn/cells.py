@@ -125,7 +125,7 @@ class _Cell:
                 raise ValueError(f"{fn}: {name}[{i}] has shape {s.shape}, expected {(B, H)}")
             if s.dtype != self.dtype:
                 raise TypeError(f"{fn}: {name}[{i}] has dtype {s.dtype}, expected {self.dtype}")
-            out.append(np.array(s, order="C"))  # a copy: the caller's arrays are never written
+            out.append(np.ascontiguousarray(s))  # only read: the caller's arrays are never written
         return out
 
     def _check_lengths(self, lengths, T, B):
@@ -168,10 +168,24 @@ class _Cell:
         if self.n_state == 2:
             c[0] = st0[1]
         hw = self._zeros((T, B, GH))
-        acts, stats, cn = self._buffers(T, B)
+        acts, stats, cn, tmp = self._buffers(T, B)
+        lstm = self.n_state == 2
+        e = self._empty
         for t in range(T):
             np.matmul(h[t], Wh, out=hw[t])
-            self._step(t, h, c, acts, stats, cn, xw, hw, active[t])
+            self._step(
+                h[t + 1],
+                c[t + 1] if lstm else e,
+                acts[t] if acts.ndim == 3 else e,
+                stats[t],
+                cn[t] if lstm else e,
+                xw[t],
+                hw[t],
+                h[t],
+                c[t] if lstm else e,
+                active[t],
+                tmp,
+            )
         hs = h[1:].copy()
         if lengths is not None:
             hs[~active] = 0
@@ -201,21 +215,21 @@ class _Cell:
         dst = self._check_state(dlast, B, "backward", "dlast")
         grads = {k: np.zeros_like(v) for k, v in self.params.items()}
         Wh = self._p("Wh")
-        dxw = self._zeros((T, B, GH))
-        dhw = self._zeros((B, GH))
+        dxw = self._zeros((T, B, GH))  # gradients of x_t Wx
+        dhw = dxw if self.G == 1 else self._zeros((T, B, GH))  # of h_{t-1} Wh (RNN: the same)
         dh0 = self._zeros((B, H))
         dc0 = self._zeros((B, H))
-        dh = dst[0]
-        dc = dst[1] if self.n_state == 2 else self._empty
+        dh = dst[0].copy()  # the kernels write into these buffers
+        dc = dst[1].copy() if self.n_state == 2 else self._empty
         for t in range(T - 1, -1, -1):
             act = cache.active[t]
             dh = dh + np.where(act[:, None], dhs[t], 0)
-            self._step_backward(t, cache, grads, dxw, dhw, dh0, dc0, dh, dc, act)
-            dWh_t = cache.h[t].T @ (dxw[t] if self.G == 1 else dhw)
-            grads["Wh"] += dWh_t
-            dh = dh0 + (dxw[t] if self.G == 1 else dhw) @ Wh.T
+            self._step_backward(t, cache, grads, dxw, dhw[t], dh0, dc0, dh, dc, act)
+            dh = dh0 + dhw[t] @ Wh.T
             if self.n_state == 2:
                 dc, dc0 = dc0, dc
+        # weight gradients as one GEMM each over all steps
+        grads["Wh"] += cache.h[:T].reshape(T * B, H).T @ dhw.reshape(T * B, GH)
         dxw2 = dxw.reshape(T * B, GH)
         grads["Wx"] += cache.x.reshape(T * B, I).T @ dxw2
         dx = (dxw2 @ self._p("Wx").T).reshape(T, B, I)
@@ -224,22 +238,31 @@ class _Cell:
 
     def step(self, x_t, state=None):
         """One step without a cache, the inference path. x_t: (B, I); state: tuple or None.
-        Returns the new state tuple."""
+        Returns the new state tuple (new arrays; the given state is not modified)."""
         x_t = self._check_x(x_t, 2, "step")
         B = x_t.shape[0]
         st0 = self._check_state(state, B, "step")
-        H, GH = self.hidden_size, self.G * self.hidden_size
-        h = self._zeros((2, B, H))
-        h[0] = st0[0]
-        c = self._empty
-        if self.n_state == 2:
-            c = self._zeros((2, B, H))
-            c[0] = st0[1]
-        xw = (x_t @ self._p("Wx")).reshape(1, B, GH)
-        hw = (st0[0] @ self._p("Wh")).reshape(1, B, GH)
-        acts, stats, cn = self._buffers(1, B)
-        self._step(0, h, c, acts, stats, cn, xw, hw, np.ones(B, bool))
-        return (h[1], c[1]) if self.n_state == 2 else (h[1],)
+        H = self.hidden_size
+        e = self._empty
+        h = np.empty((B, H), self.dtype)
+        c = np.empty((B, H), self.dtype) if self.n_state == 2 else e
+        xw = x_t @ self._p("Wx")
+        hw = st0[0] @ self._p("Wh")
+        acts, stats, cn, tmp = self._buffers(1, B)
+        self._step(
+            h,
+            c,
+            acts[0] if acts.ndim == 3 else e,
+            stats[0],
+            cn[0] if self.n_state == 2 else e,
+            xw,
+            hw,
+            st0[0],
+            st0[1] if self.n_state == 2 else e,
+            np.ones(B, bool),
+            tmp,
+        )
+        return (h, c) if self.n_state == 2 else (h,)
 
     def __repr__(self):
         return (
@@ -289,22 +312,26 @@ class LSTM(_Cell):
                 self.params[f"ln_{n}_b"] = np.zeros(size, dt)
 
     def _buffers(self, T, B):
-        H = self.hidden_size
-        self._tmp = self._zeros(4 * H)
-        return self._zeros((T, B, 4 * H)), self._zeros((T, B, 6)), self._zeros((T, B, H))
+        H, dt = self.hidden_size, self.dtype
+        return (
+            np.empty((T, B, 4 * H), dt),
+            np.zeros((T, B, 6), dt),
+            np.empty((T, B, H), dt),
+            np.empty(4 * H, dt),
+        )
 
-    def _step(self, t, h, c, acts, st, cn, xw, hw, active):
+    def _step(self, h, c, acts, st, cn, xw, hw, h0, c0, active, tmp):
         p = self._p
         _k.lstm_step(
-            h[t + 1],
-            c[t + 1],
-            acts[t],
-            cn[t],
-            st[t],
-            xw[t],
-            hw[t],
-            h[t],
-            c[t],
+            h,
+            c,
+            acts,
+            cn,
+            st,
+            xw,
+            hw,
+            h0,
+            c0,
             p("b"),
             p("ln_x_g"),
             p("ln_x_b"),
@@ -315,7 +342,7 @@ class LSTM(_Cell):
             active,
             self.eps,
             self.layer_norm,
-            self._tmp,
+            tmp,
         )
 
     def _step_backward(self, t, k, g, dxw, dhw, dh0, dc0, dh, dc, active):
@@ -376,19 +403,23 @@ class GRU(_Cell):
             self.params["bh"] = np.zeros(3 * H, dt)
 
     def _buffers(self, T, B):
-        H = self.hidden_size
-        self._tmp = self._zeros((2, 3 * H))
-        return self._zeros((T, B, 4 * H)), self._zeros((T, B, 8)), self._empty
+        H, dt = self.hidden_size, self.dtype
+        return (
+            np.empty((T, B, 4 * H), dt),
+            np.zeros((T, B, 8), dt),
+            self._empty,
+            np.empty((2, 3 * H), dt),
+        )
 
-    def _step(self, t, h, c, acts, st, cn, xw, hw, active):
+    def _step(self, h, c, acts, st, cn, xw, hw, h0, c0, active, tmp):
         p = self._p
         _k.gru_step(
-            h[t + 1],
-            acts[t],
-            st[t],
-            xw[t],
-            hw[t],
-            h[t],
+            h,
+            acts,
+            st,
+            xw,
+            hw,
+            h0,
             p("ln_x_g"),
             p("ln_x_b"),
             p("ln_h_g"),
@@ -402,7 +433,7 @@ class GRU(_Cell):
             active,
             self.eps,
             self.layer_norm,
-            self._tmp,
+            tmp,
         )
 
     def _step_backward(self, t, k, g, dxw, dhw, dh0, dc0, dh, dc, active):
@@ -460,13 +491,14 @@ class RNN(_Cell):
             self.params["b"] = np.zeros(H, dt)
 
     def _buffers(self, T, B):
-        return self._empty, self._zeros((T, B, 2)), self._empty
+        e = self._empty
+        return e, np.zeros((T, B, 2), self.dtype), e, e
 
-    def _step(self, t, h, c, acts, st, cn, xw, hw, active):
-        # xw[t] becomes a = x_t Wx + h_{t-1} Wh (saved for the backward pass)
+    def _step(self, h, c, acts, st, cn, xw, hw, h0, c0, active, tmp):
+        # xw becomes a = x_t Wx + h_{t-1} Wh (saved for the backward pass)
         g = self._p("ln_g") if self.layer_norm else self._empty
         b = self._p("ln_b") if self.layer_norm else self._p("b")
-        _k.rnn_step(h[t + 1], st[t], xw[t], hw[t], h[t], g, b, active, self.eps, self.layer_norm)
+        _k.rnn_step(h, st, xw, hw, h0, g, b, active, self.eps, self.layer_norm)
 
     def _step_backward(self, t, k, g, dxw, dhw, dh0, dc0, dh, dc, active):
         gain = self._p("ln_g") if self.layer_norm else self._empty

@@ -1,0 +1,143 @@
+"""Speed of lnnumba's LN-LSTM against the same LN-LSTM in eager PyTorch, side by side.
+
+    python benchmarks/cells.py [--quick]
+
+- inference: T=100, B=1, I=128, H=256, forward only (PyTorch under no_grad);
+- training: T=100, B=32, I=256, H=512, forward + backward (PyTorch autograd);
+- step latency at B=1, H=256 and 1024 (I=H), next to the time of its two matrix-vector
+  products alone on the same weights (x Wx and h Wh through NumPy: the floor of a step, which
+  is weight-bandwidth bound).
+torch.nn.LSTM (no LN, fused) is timed too, for context. Figures are medians of interleaved rounds.
+"""
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numba
+import numpy as np
+
+import lnnumba
+
+sys.path.insert(0, str(Path(__file__).parent))
+from compare import median_times  # noqa: E402
+
+try:
+    import torch
+    import torch.nn.functional as F
+except ImportError:
+    torch = None
+
+
+def torch_ln_lstm(params, H):
+    """The same LN-LSTM in eager PyTorch (F.layer_norm + matmuls), autograd for the backward."""
+    P = {k: torch.tensor(v, requires_grad=True) for k, v in params.items()}
+
+    def run(x, h, c):
+        xw = x @ P["Wx"]
+        hs = []
+        for t in range(x.shape[0]):
+            a = (
+                F.layer_norm(xw[t], (4 * H,), P["ln_x_g"], P["ln_x_b"])
+                + F.layer_norm(h @ P["Wh"], (4 * H,), P["ln_h_g"], P["ln_h_b"])
+                + P["b"]
+            )
+            i, f, g, o = a.chunk(4, 1)
+            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+            h = torch.sigmoid(o) * torch.tanh(F.layer_norm(c, (H,), P["ln_c_g"], P["ln_c_b"]))
+            hs.append(h)
+        return torch.stack(hs)
+
+    return P, run
+
+
+def bench_sequence(label, T, B, I, H, train, rng, mt, rep):
+    cell = lnnumba.LSTM(I, H, seed=0)
+    x = rng.standard_normal((T, B, I)).astype(np.float32)
+    G = rng.standard_normal((T, B, H)).astype(np.float32)
+
+    def ours():
+        hs, last, cache = cell.forward(x)
+        if train:
+            cell.backward(G, cache)
+
+    f = {"lnnumba": ours}
+    if torch is not None:
+        P, run = torch_ln_lstm(cell.params, H)
+        tx, tG = torch.from_numpy(x), torch.from_numpy(G)
+        z = torch.zeros(B, H)
+        lstm = torch.nn.LSTM(I, H)
+
+        def eager():
+            if train:
+                for p in P.values():
+                    p.grad = None
+                run(tx, z, z).backward(tG)
+            else:
+                with torch.no_grad():
+                    run(tx, z, z)
+
+        def fused():
+            if train:
+                lstm.zero_grad()
+                lstm(tx)[0].backward(tG)
+            else:
+                with torch.no_grad():
+                    lstm(tx)
+
+        f["torch_eager_ln"] = eager
+        f["torch_nn_lstm_no_ln"] = fused
+    t = median_times(f, mt, rep)
+    line = f"{label} T={T} B={B} I={I} H={H}: lnnumba {t['lnnumba'] * 1e3:.2f} ms"
+    if torch is not None:
+        line += (
+            f", eager PyTorch LN-LSTM {t['torch_eager_ln'] * 1e3:.2f} ms "
+            f"({t['torch_eager_ln'] / t['lnnumba']:.2f}x), torch.nn.LSTM without LN "
+            f"{t['torch_nn_lstm_no_ln'] * 1e3:.2f} ms"
+        )
+    return line
+
+
+def bench_step(H, rng, mt, rep):
+    cell = lnnumba.LSTM(H, H, seed=0)
+    xt = rng.standard_normal((1, H)).astype(np.float32)
+    state = cell.step(xt)
+    Wx, Wh = cell.params["Wx"], cell.params["Wh"]
+    h = state[0]
+    t = median_times(
+        {"step": lambda: cell.step(xt, state), "matvecs": lambda: (xt @ Wx, h @ Wh)}, mt, rep
+    )
+    return (
+        f"step B=1 H={H}: {t['step'] * 1e6:.1f} us, its two matrix-vector products alone "
+        f"{t['matvecs'] * 1e6:.1f} us ({t['step'] / t['matvecs']:.2f}x the floor)"
+    )
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true")
+    args = ap.parse_args(argv)
+    mt, rep = (0.02, 3) if args.quick else (0.1, 7)
+    rng = np.random.default_rng(0)
+    if torch is not None:
+        torch.set_num_threads(numba.get_num_threads())
+    rows = [
+        bench_sequence("inference", 100, 1, 128, 256, False, rng, mt, rep),
+        bench_sequence("training", 100, 32, 256, 512, True, rng, mt, rep),
+        bench_step(256, rng, mt, rep),
+        bench_step(1024, rng, mt, rep),
+    ]
+    print(
+        time.strftime("%Y-%m-%d"),
+        f"numpy {np.__version__}",
+        f"torch {torch.__version__ if torch else None}",
+        f"threads {numba.get_num_threads()}",
+    )
+    for r in rows:
+        print(r)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
