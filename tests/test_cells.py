@@ -281,3 +281,45 @@ def test_plain_cells_match_pytorch(kind, rng):
         hs, last, _ = cell.forward(x, (h0[0],))
     np.testing.assert_allclose(hs, out.detach().numpy(), rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(last[0], hT.detach().numpy()[0], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("kind,cls", CELLS)
+@pytest.mark.parametrize("ln", [True, False])
+def test_float32_backward_matches_float64(kind, cls, ln, rng):
+    """The float32 kernels' gradients agree with the float64 ones (checked by finite differences
+    above) to float32 accuracy."""
+    c64 = make_cell(cls, ln, np.float64, I=6, H=8)
+    c32 = cls(6, 8, layer_norm=ln, dtype=np.float32)
+    for k, v in c64.params.items():
+        c32.params[k][...] = v
+    x = rng.standard_normal((7, 3, 6))
+    G = rng.standard_normal((7, 3, 8))
+    lengths = np.array([7, 4, 6])
+    out = []
+    for cell, dt in [(c64, np.float64), (c32, np.float32)]:
+        hs, last, cache = cell.forward(x.astype(dt), lengths=lengths)
+        out.append(cell.backward(G.astype(dt), cache))
+    (dx64, g64, s64), (dx32, g32, s32) = out
+    assert dx32.dtype == np.float32 and all(v.dtype == np.float32 for v in g32.values())
+    np.testing.assert_allclose(dx32, dx64, rtol=1e-4, atol=1e-5)
+    for k in g64:
+        np.testing.assert_allclose(g32[k], g64[k], rtol=1e-4, atol=1e-4 * np.abs(g64[k]).max())
+    np.testing.assert_allclose(s32[0], s64[0], rtol=1e-4, atol=1e-5)
+
+
+def test_concurrent_steps_on_one_cell(rng):
+    from concurrent.futures import ThreadPoolExecutor
+
+    cell = L.LSTM(16, 32, seed=0)
+    xs = [rng.standard_normal((20, 1, 16)).astype(np.float32) for _ in range(8)]
+
+    def run(i):
+        s = None
+        for t in range(20):
+            s = cell.step(xs[i][t], s)
+        return s[0]
+
+    with ThreadPoolExecutor(8) as ex:
+        got = list(ex.map(run, range(8)))
+    for i in range(8):
+        np.testing.assert_allclose(got[i], cell.forward(xs[i])[1][0], rtol=1e-5, atol=1e-6)
