@@ -4,6 +4,7 @@ Public names are re-exported here; nothing is defined in this module.
 """
 
 from .nn.cells import GRU, LSTM, RNN
+from .nn.layers import BatchNorm, Embedding, Linear
 from .nn.norm import LayerNorm, RMSNorm
 from .norm import (
     layer_norm,
@@ -13,19 +14,28 @@ from .norm import (
     rms_norm_backward,
     rms_norm_forward,
 )
+from .train import Adam, clip_grad_norm, load_checkpoint, save_checkpoint, softmax_cross_entropy
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Adam",
+    "BatchNorm",
+    "Embedding",
     "GRU",
+    "Linear",
     "LSTM",
     "RNN",
     "LayerNorm",
     "RMSNorm",
+    "clip_grad_norm",
     "layer_norm",
     "layer_norm_backward",
     "layer_norm_forward",
+    "load_checkpoint",
     "rms_norm",
     "rms_norm_backward",
     "rms_norm_forward",
+    "save_checkpoint",
+    "softmax_cross_entropy",
 ]

@@ -33,8 +33,11 @@ def _tanh_impl(v):
     if v == types.float32:
         # The rational approximation of Eigen's float tanh: odd degree-13 over even degree-6
         # polynomial on [-7.9, 7.9], where tanh saturates to 1 in float32; about 2 ulp.
-        a1, a3, a5 = np.float32(4.89352455891786e-03), np.float32(6.37261928875436e-04), \
-            np.float32(1.48572235717979e-05)
+        a1, a3, a5 = (
+            np.float32(4.89352455891786e-03),
+            np.float32(6.37261928875436e-04),
+            np.float32(1.48572235717979e-05),
+        )
         a7, a9 = np.float32(5.12229709037114e-08), np.float32(-8.60467152213735e-11)
         a11, a13 = np.float32(2.00018790482477e-13), np.float32(-2.76076847742355e-16)
         b0, b2 = np.float32(4.89352518554385e-03), np.float32(2.26843463243900e-03)
