@@ -18,8 +18,10 @@ def main():
     # 1. A batch of 64 examples with 512 features, float32, far from zero mean and unit variance.
     x = (3.0 + 5.0 * rng.standard_normal((64, 512))).astype(np.float32)
     y, mean, rstd = lnnumba.layer_norm_forward(x)
-    print(f"per-example mean after LN: {np.abs(y.mean(-1)).max():.1e}, "
-          f"std: {y.std(-1).min():.4f}..{y.std(-1).max():.4f}")
+    print(
+        f"per-example mean after LN: {np.abs(y.mean(-1)).max():.1e}, "
+        f"std: {y.std(-1).min():.4f}..{y.std(-1).max():.4f}"
+    )
     err = np.linalg.norm(y - reference.layer_norm_forward(x)[0]) / np.linalg.norm(y)
     print(f"float32 kernel vs float64 reference: relative error {err:.1e}")
 
@@ -62,8 +64,10 @@ def main():
 
     t_ln = best(lambda: lnnumba.layer_norm(big, out=out))
     t_np = best(lambda: numpy_ln(big))
-    print(f"4096x1024 float32: lnnumba {t_ln * 1e3:.2f} ms, NumPy {t_np * 1e3:.2f} ms "
-          f"({t_np / t_ln:.1f}x)")
+    print(
+        f"4096x1024 float32: lnnumba {t_ln * 1e3:.2f} ms, NumPy {t_np * 1e3:.2f} ms "
+        f"({t_np / t_ln:.1f}x)"
+    )
 
 
 if __name__ == "__main__":
