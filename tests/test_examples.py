@@ -82,3 +82,24 @@ def test_char_lm_main_runs_and_samples(tmp_path, text, capsys):
 def test_quickstart_runs(capsys):
     load("quickstart").main()
     assert "relative error" in capsys.readouterr().out
+
+
+def test_ln_vs_bn_runs(tmp_path, capsys):
+    pytest.importorskip("sklearn")
+    pytest.importorskip("matplotlib")
+    assert load("ln_vs_bn").main(["--epochs", "1", "--plot", str(tmp_path / "p.png")]) == 0
+    assert (tmp_path / "p.png").exists() and "layer norm" in capsys.readouterr().out
+
+
+def test_long_sequences_runs(tmp_path, capsys):
+    pytest.importorskip("sklearn")
+    pytest.importorskip("matplotlib")
+    import sys
+
+    sys.path.insert(0, str(ROOT / "examples"))
+    try:
+        mod = load("long_sequences")
+        assert mod.main(["--epochs", "1", "--plot", str(tmp_path / "p.png")]) == 0
+    finally:
+        sys.path.remove(str(ROOT / "examples"))
+    assert "64 steps" in capsys.readouterr().out
