@@ -1,0 +1,36 @@
+"""RNN / LSTM / GRU with and without LN: one inference step at B=1, a sequence forward, and
+forward + backward."""
+
+import numpy as np
+
+import lnnumba
+
+from .common import data
+
+CELLS = {"RNN": lnnumba.RNN, "LSTM": lnnumba.LSTM, "GRU": lnnumba.GRU}
+
+
+class Cells:
+    params = (list(CELLS), [True, False])
+    param_names = ["cell", "layer_norm"]
+    timeout = 120
+
+    def setup(self, cell, layer_norm):
+        I, H, T, B = 64, 128, 50, 8
+        self.cell = CELLS[cell](I, H, layer_norm=layer_norm, seed=0)
+        self.x = data((T, B, I), np.float32)
+        self.g = data((T, B, H), np.float32, 1)
+        self.xt = data((1, I), np.float32, 2)
+        self.state = self.cell.step(self.xt)  # warm the JIT
+        _, _, cache = self.cell.forward(self.x)
+        self.cell.backward(self.g, cache)
+
+    def time_step_B1(self, cell, layer_norm):
+        self.cell.step(self.xt, self.state)
+
+    def time_forward(self, cell, layer_norm):
+        self.cell.forward(self.x)
+
+    def time_forward_backward(self, cell, layer_norm):
+        _, _, cache = self.cell.forward(self.x)
+        self.cell.backward(self.g, cache)

@@ -1,0 +1,82 @@
+"""Layer norm and RMSNorm on the CPU: time per call, and the efficiency (GB/s, fraction of the
+copy roofline) as tracked figures."""
+
+import numpy as np
+
+import lnnumba
+
+from .common import best_seconds, copy_parallel, data
+
+SHAPES = ["1x256", "1x1024", "64x1024", "4096x1024", "8192x4096"]
+DTYPES = ["float32", "float64"]
+
+
+def _setup(shape, dtype):
+    if shape == "8192x4096" and dtype == "float64":
+        raise NotImplementedError  # 256 MB per array: float32 covers the memory-bound case
+    M, N = map(int, shape.split("x"))
+    x, dy = data((M, N), dtype), data((M, N), dtype, 1)
+    w, b = data(N, dtype, 2), data(N, dtype, 3)
+    return x, dy, w, b
+
+
+class LayerNorm:
+    params = (SHAPES, DTYPES)
+    param_names = ["shape", "dtype"]
+    timeout = 120
+
+    def setup(self, shape, dtype):
+        self.x, self.dy, self.w, self.b = _setup(shape, dtype)
+        self.y = np.empty_like(self.x)
+        _, self.mean, self.rstd = lnnumba.layer_norm_forward(self.x, self.w, self.b)  # warm JIT
+        lnnumba.layer_norm_backward(self.dy, self.x, self.mean, self.rstd, self.w)
+        lnnumba.layer_norm(self.x, self.w, self.b, out=self.y)
+        copy_parallel(self.y, self.x)
+
+    def time_forward(self, shape, dtype):
+        lnnumba.layer_norm(self.x, self.w, self.b, out=self.y)
+
+    def time_forward_with_stats(self, shape, dtype):
+        lnnumba.layer_norm_forward(self.x, self.w, self.b)
+
+    def time_backward(self, shape, dtype):
+        lnnumba.layer_norm_backward(self.dy, self.x, self.mean, self.rstd, self.w)
+
+    def track_forward_GBps(self, shape, dtype):
+        t = best_seconds(lambda: lnnumba.layer_norm(self.x, self.w, self.b, out=self.y))
+        return 2 * self.x.nbytes / t / 1e9
+
+    track_forward_GBps.unit = "GB/s"
+
+    def track_forward_fraction_of_copy(self, shape, dtype):
+        t = best_seconds(lambda: lnnumba.layer_norm(self.x, self.w, self.b, out=self.y))
+        return best_seconds(lambda: copy_parallel(self.y, self.x)) / t
+
+    track_forward_fraction_of_copy.unit = "fraction"
+
+    def track_backward_fraction_of_copy(self, shape, dtype):
+        t = best_seconds(
+            lambda: lnnumba.layer_norm_backward(self.dy, self.x, self.mean, self.rstd, self.w)
+        )
+        return 1.5 * best_seconds(lambda: copy_parallel(self.y, self.x)) / t
+
+    track_backward_fraction_of_copy.unit = "fraction"
+
+
+class RMSNorm:
+    params = (SHAPES, DTYPES)
+    param_names = ["shape", "dtype"]
+    timeout = 120
+
+    def setup(self, shape, dtype):
+        self.x, self.dy, self.w, _ = _setup(shape, dtype)
+        self.y = np.empty_like(self.x)
+        _, self.rstd = lnnumba.rms_norm_forward(self.x, self.w)
+        lnnumba.rms_norm_backward(self.dy, self.x, self.rstd, self.w)
+        lnnumba.rms_norm(self.x, self.w, out=self.y)
+
+    def time_forward(self, shape, dtype):
+        lnnumba.rms_norm(self.x, self.w, out=self.y)
+
+    def time_backward(self, shape, dtype):
+        lnnumba.rms_norm_backward(self.dy, self.x, self.rstd, self.w)
