@@ -89,12 +89,28 @@ def bench_sequence(label, T, B, I, H, train, rng, mt, rep):
         f["torch_eager_ln"] = eager
         f["torch_nn_lstm_no_ln"] = fused
     t = median_times(f, mt, rep)
-    line = f"{label} T={T} B={B} I={I} H={H}: lnnumba {t['lnnumba'] * 1e3:.2f} ms"
+    r = {"case": label, "T": T, "B": B, "I": I, "H": H, "ms": {k: v * 1e3 for k, v in t.items()}}
     if torch is not None:
+        r["vs_torch_eager"] = t["torch_eager_ln"] / t["lnnumba"]
+    return r
+
+
+def describe(r):
+    """One line of text for a result of bench_sequence or bench_step."""
+    ms = r["ms"]
+    if r["case"] == "step":
+        return (
+            f"step B=1 H={r['H']}: {ms['step'] * 1e3:.1f} us, its two matrix-vector products "
+            f"alone {ms['matvecs'] * 1e3:.1f} us ({r['of_floor']:.2f}x the floor)"
+        )
+    line = (
+        f"{r['case']} T={r['T']} B={r['B']} I={r['I']} H={r['H']}: lnnumba {ms['lnnumba']:.2f} ms"
+    )
+    if "vs_torch_eager" in r:
         line += (
-            f", eager PyTorch LN-LSTM {t['torch_eager_ln'] * 1e3:.2f} ms "
-            f"({t['torch_eager_ln'] / t['lnnumba']:.2f}x), torch.nn.LSTM without LN "
-            f"{t['torch_nn_lstm_no_ln'] * 1e3:.2f} ms"
+            f", eager PyTorch LN-LSTM {ms['torch_eager_ln']:.2f} ms "
+            f"({r['vs_torch_eager']:.2f}x), torch.nn.LSTM without LN "
+            f"{ms['torch_nn_lstm_no_ln']:.2f} ms"
         )
     return line
 
@@ -108,34 +124,39 @@ def bench_step(H, rng, mt, rep):
     t = median_times(
         {"step": lambda: cell.step(xt, state), "matvecs": lambda: (xt @ Wx, h @ Wh)}, mt, rep
     )
-    return (
-        f"step B=1 H={H}: {t['step'] * 1e6:.1f} us, its two matrix-vector products alone "
-        f"{t['matvecs'] * 1e6:.1f} us ({t['step'] / t['matvecs']:.2f}x the floor)"
-    )
+    return {
+        "case": "step",
+        "H": H,
+        "ms": {k: v * 1e3 for k, v in t.items()},
+        "of_floor": t["step"] / t["matvecs"],
+    }
+
+
+def run(quick=False):
+    mt, rep = (0.02, 3) if quick else (0.1, 7)
+    rng = np.random.default_rng(0)
+    if torch is not None:
+        torch.set_num_threads(numba.get_num_threads())
+    return [
+        bench_sequence("inference", 100, 1, 128, 256, False, rng, mt, rep),
+        bench_sequence("training", 100, 32, 256, 512, True, rng, mt, rep),
+        bench_step(256, rng, mt, rep),
+        bench_step(1024, rng, mt, rep),
+    ]
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
     args = ap.parse_args(argv)
-    mt, rep = (0.02, 3) if args.quick else (0.1, 7)
-    rng = np.random.default_rng(0)
-    if torch is not None:
-        torch.set_num_threads(numba.get_num_threads())
-    rows = [
-        bench_sequence("inference", 100, 1, 128, 256, False, rng, mt, rep),
-        bench_sequence("training", 100, 32, 256, 512, True, rng, mt, rep),
-        bench_step(256, rng, mt, rep),
-        bench_step(1024, rng, mt, rep),
-    ]
     print(
         time.strftime("%Y-%m-%d"),
         f"numpy {np.__version__}",
         f"torch {torch.__version__ if torch else None}",
         f"threads {numba.get_num_threads()}",
     )
-    for r in rows:
-        print(r)
+    for r in run(args.quick):
+        print(describe(r))
     return 0
 
 

@@ -64,7 +64,8 @@ def torch_model(model):
     return step
 
 
-def main():
+def run():
+    """{"chars_per_s": {"lnnumba": ..., "torch": ...}, "vs_torch": ...}"""
     rng = np.random.default_rng(0)
     xs = rng.integers(0, V, (T, B))
     ys = rng.integers(0, V, (T, B))
@@ -83,13 +84,27 @@ def main():
         txs, tys = torch.from_numpy(xs), torch.from_numpy(ys)
         f["torch"] = lambda: tstep(txs, tys)
     t = median_times(f, 0.2, 7)
-    line = f"char-LM training step, B={B} T={T} H={H}: lnnumba {B * T / t['lnnumba']:,.0f} chars/s"
+    r = {"B": B, "T": T, "H": H, "chars_per_s": {k: B * T / v for k, v in t.items()}}
     if torch is not None:
+        r["vs_torch"] = t["torch"] / t["lnnumba"]
+    return r
+
+
+def describe(r):
+    cps = r["chars_per_s"]
+    line = (
+        f"char-LM training step, B={r['B']} T={r['T']} H={r['H']}: lnnumba "
+        f"{cps['lnnumba']:,.0f} chars/s"
+    )
+    if "vs_torch" in r:
         line += (
-            f", PyTorch eager + autograd + Adam {B * T / t['torch']:,.0f} chars/s "
-            f"({t['torch'] / t['lnnumba']:.2f}x)"
+            f", PyTorch eager + autograd + Adam {cps['torch']:,.0f} chars/s ({r['vs_torch']:.2f}x)"
         )
-    print(line)
+    return line
+
+
+def main():
+    print(describe(run()))
 
 
 if __name__ == "__main__":

@@ -32,6 +32,36 @@ try:
 except ImportError:  # PyTorch is an optional peer
     torch = None
 
+try:
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+except ImportError:  # so is ONNX Runtime
+    ort = None
+
+
+def ort_layer_norm(M, N, dtype, threads):
+    """An ONNX Runtime session running one LayerNormalization node (opset 17) on (M, N)."""
+    et = TensorProto.FLOAT if np.dtype(dtype) == np.float32 else TensorProto.DOUBLE
+    node = helper.make_node("LayerNormalization", ["X", "W", "B"], ["Y"], axis=-1, epsilon=1e-5)
+    graph = helper.make_graph(
+        [node],
+        "ln",
+        [
+            helper.make_tensor_value_info("X", et, [M, N]),
+            helper.make_tensor_value_info("W", et, [N]),
+            helper.make_tensor_value_info("B", et, [N]),
+        ],
+        [helper.make_tensor_value_info("Y", et, [M, N])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    # no busy-waiting between runs: spinning threads would steal the cores from whatever is
+    # timed next in the interleaved rounds
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+
 
 @njit(parallel=True, nogil=True, cache=True)
 def copy_parallel(dst, src):
@@ -125,6 +155,14 @@ def bench_shape(M, N, dtype, rows, quick):
         f["torch_fwd"] = lambda: F.layer_norm(tx, (N,), tw, tb)
         f["torch_bwd"] = torch_bwd
         f["torch_rms_fwd"] = lambda: F.rms_norm(tx, (N,), tw, 1e-6)
+    if ort is not None:
+        try:
+            sess = ort_layer_norm(M, N, dtype, numba.get_num_threads())
+            feeds = {"X": x, "W": w, "B": b}
+            sess.run(None, feeds)
+            f["ort_fwd"] = lambda: sess.run(None, feeds)
+        except Exception:  # a dtype this ONNX Runtime build does not implement
+            pass
     t = median_times(f, 0.01 if quick else 0.04, 5 if quick else 9)
     nbytes = x.nbytes
     r = {
@@ -145,15 +183,30 @@ def bench_shape(M, N, dtype, rows, quick):
         r["fwd_vs_torch"] = t["torch_fwd"] / t["ln_fwd_alloc"]
         r["bwd_vs_torch"] = t["torch_bwd"] / t["ln_bwd"]
         r["rms_fwd_vs_torch"] = t["torch_rms_fwd"] / t["rms_fwd_alloc"]
+    if "ort_fwd" in t:
+        r["fwd_vs_onnxruntime"] = t["ort_fwd"] / t["ln_fwd_alloc"]
     rows.append(r)
     return r
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="shorter timing rounds")
-    ap.add_argument("--json", help="write the results to this file")
-    args = ap.parse_args(argv)
+COLUMNS = [
+    ("shape", "{}"),
+    ("dtype", "{}"),
+    ("fwd_of_roofline", "{:.2f}"),
+    ("bwd_of_roofline", "{:.2f}"),
+    ("bwd_of_triad", "{:.2f}"),
+    ("fwd_vs_torch", "{:.2f}"),
+    ("bwd_vs_torch", "{:.2f}"),
+    ("fwd_vs_onnxruntime", "{:.2f}"),
+    ("fwd_vs_numpy", "{:.2f}"),
+    ("rms_fwd_vs_ln", "{:.2f}"),
+    ("rms_bwd_vs_ln", "{:.2f}"),
+    ("rms_fwd_vs_torch", "{:.2f}"),
+]
+
+
+def run(quick=False):
+    """Every shape and dtype; returns {"info": ..., "results": [row, ...]}."""
     nt = numba.get_num_threads()
     if torch is not None:
         torch.set_num_threads(nt)
@@ -164,38 +217,40 @@ def main(argv=None):
         "numpy": np.__version__,
         "numba": numba.__version__,
         "torch": torch.__version__ if torch is not None else None,
-        "threading_layer": None,
+        "onnxruntime": ort.__version__ if ort is not None else None,
     }
     rows = []
-    shapes = [(1, 1024), (1, 4096), (64, 1024), (4096, 1024), (8192, 4096)]
-    for M, N in shapes:
+    for M, N in [(1, 1024), (1, 4096), (64, 1024), (4096, 1024), (8192, 4096)]:
         for dt in (np.float32, np.float64):
             if dt is np.float64 and M * N > 4096 * 1024:
                 continue
-            bench_shape(M, N, dt, rows, args.quick)
+            bench_shape(M, N, dt, rows, quick)
     info["threading_layer"] = numba.threading_layer()
-    cols = [
-        ("shape", "{}"),
-        ("dtype", "{}"),
-        ("fwd_of_roofline", "{:.2f}"),
-        ("bwd_of_roofline", "{:.2f}"),
-        ("fwd_vs_torch", "{:.2f}"),
-        ("bwd_vs_torch", "{:.2f}"),
-        ("fwd_vs_numpy", "{:.2f}"),
-        ("rms_fwd_vs_ln", "{:.2f}"),
-        ("rms_bwd_vs_ln", "{:.2f}"),
-        ("rms_fwd_vs_torch", "{:.2f}"),
-    ]
-    print(" ".join(f"{k}={v}" for k, v in info.items()))
-    print("| " + " | ".join(c for c, _ in cols) + " | ln fwd µs | ln bwd µs |")
-    print("|" + "---|" * (len(cols) + 2))
+    return {"info": info, "results": rows}
+
+
+def table(rows):
+    """Markdown table of the ratio columns plus lnnumba's own times."""
+    head = [c for c, _ in COLUMNS] + ["ln fwd µs", "ln bwd µs"]
+    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        cells = [f.format(r[c]) if c in r else "n/a" for c, f in cols]
+        cells = [f.format(r[c]) if c in r else "n/a" for c, f in COLUMNS]
         cells += [f"{r['times_us']['ln_fwd_alloc']:.2f}", f"{r['times_us']['ln_bwd']:.2f}"]
-        print("| " + " | ".join(cells) + " |")
+        out.append("| " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="shorter timing rounds")
+    ap.add_argument("--json", help="write the results to this file")
+    args = ap.parse_args(argv)
+    res = run(args.quick)
+    print(" ".join(f"{k}={v}" for k, v in res["info"].items()))
+    print(table(res["results"]))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"info": info, "results": rows}, f, indent=1)
+            json.dump(res, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -20,13 +20,11 @@ PROBE = (
 )
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--runs", type=int, default=5)
-    args = ap.parse_args(argv)
+def run(runs=5):
+    """{"cold_s", "import_s", "first_call_s", "import_plus_first_call_s", "process_s", "bare_s"}"""
     cold = None
     imports, firsts, totals = [], [], []
-    for i in range(args.runs + 1):
+    for i in range(runs + 1):
         t0 = time.perf_counter()
         out = subprocess.run(
             [sys.executable, "-c", PROBE], capture_output=True, text=True, check=True
@@ -41,13 +39,33 @@ def main(argv=None):
     t0 = time.perf_counter()
     subprocess.run([sys.executable, "-c", "pass"], check=True)
     bare = time.perf_counter() - t0
-    print(f"first process (may compile): {cold:.3f} s")
-    print(
-        f"warm cache, median of {args.runs}: import lnnumba {statistics.median(imports):.3f} s, "
-        f"first layer_norm call {statistics.median(firsts):.3f} s, "
-        f"import + first call {statistics.median(imports) + statistics.median(firsts):.3f} s, "
-        f"whole process {statistics.median(totals):.3f} s (bare interpreter {bare:.3f} s)"
+    med = statistics.median
+    return {
+        "runs": runs,
+        "cold_s": cold,
+        "import_s": med(imports),
+        "first_call_s": med(firsts),
+        "import_plus_first_call_s": med(imports) + med(firsts),
+        "process_s": med(totals),
+        "bare_s": bare,
+    }
+
+
+def describe(r):
+    return (
+        f"first process (may compile): {r['cold_s']:.3f} s\n"
+        f"warm cache, median of {r['runs']}: import lnnumba {r['import_s']:.3f} s, first "
+        f"layer_norm call {r['first_call_s']:.3f} s, import + first call "
+        f"{r['import_plus_first_call_s']:.3f} s, whole process {r['process_s']:.3f} s "
+        f"(bare interpreter {r['bare_s']:.3f} s)"
     )
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", type=int, default=5)
+    args = ap.parse_args(argv)
+    print(describe(run(args.runs)))
 
 
 if __name__ == "__main__":
