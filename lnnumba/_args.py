@@ -30,6 +30,8 @@ _F16 = np.dtype(np.float16)
 _F32 = np.dtype(np.float32)
 _F64 = np.dtype(np.float64)
 
+ALL_FLOATS = (_F16, _F32, _F64)
+
 # input dtype -> (compute/saved dtype, result dtype)
 _DTYPES = {_F32: (_F32, _F32), _F64: (_F64, _F64), _F16: (_F32, _F16)}
 
@@ -272,3 +274,24 @@ def out_rows(fn, out, x, shape, N, cdt, rdt):
     if rdt is cdt and out.flags.c_contiguous and (out is x or not np.may_share_memory(out, x)):
         return out.reshape(-1, N), True
     return np.empty((out.size // N, N), cdt), False
+
+
+def positive_int(fn, name, v):
+    """``v`` as an int >= 1 (sizes given to constructors); TypeError/ValueError otherwise."""
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
+        raise TypeError(f"{fn}: {name} must be an int, got {type(v).__name__}")
+    if v < 1:
+        raise ValueError(f"{fn}: {name} must be >= 1, got {v}")
+    return int(v)
+
+
+def float_dtype(fn, dtype, allowed=(_F32, _F64)):
+    """``dtype`` as a NumPy dtype among ``allowed`` (a module's parameter dtype)."""
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        raise TypeError(f"{fn}: dtype must be a NumPy dtype, got {dtype!r}") from None
+    if dt not in allowed:
+        names = " or ".join(str(a) for a in allowed)
+        raise TypeError(f"{fn}: dtype must be {names}, got {dt}")
+    return dt

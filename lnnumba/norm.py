@@ -59,15 +59,11 @@ def layer_norm(x, weight=None, bias=None, *, eps=1e-5, axis=-1, out=None):
     x2, w, b, shape, axis, cdt, rdt = _args.prepare(fn, x, weight, bias, axis)
     if eps != 1e-5:
         eps = _args.check_eps(fn, eps)
-    if out is None:
+    if out is None:  # the batch-1 fast path: no further calls
         y2 = np.empty(x2.shape, cdt)
         _cpu.forward(y2, None, None, x2, w, b, eps, True)
         return y2 if x2 is x else _shaped(y2, shape, rdt)
-    y2, direct = _args.out_rows(fn, out, x, shape, x2.shape[1], cdt, rdt)
-    _cpu.forward(y2, None, None, x2, w, b, eps, True)
-    if not direct:
-        np.copyto(out, y2.reshape(shape), casting="unsafe")
-    return out
+    return _forward_into(fn, out, x, x2, w, b, eps, True, shape, cdt, rdt)
 
 
 def layer_norm_forward(x, weight=None, bias=None, *, eps=1e-5, axis=-1):
@@ -148,11 +144,7 @@ def rms_norm(x, weight=None, *, eps=1e-6, axis=-1, out=None):
         y2 = np.empty(x2.shape, cdt)
         _cpu.forward(y2, None, None, x2, w, None, eps, False)
         return y2 if x2 is x else _shaped(y2, shape, rdt)
-    y2, direct = _args.out_rows(fn, out, x, shape, x2.shape[1], cdt, rdt)
-    _cpu.forward(y2, None, None, x2, w, None, eps, False)
-    if not direct:
-        np.copyto(out, y2.reshape(shape), casting="unsafe")
-    return out
+    return _forward_into(fn, out, x, x2, w, None, eps, False, shape, cdt, rdt)
 
 
 def rms_norm_forward(x, weight=None, *, eps=1e-6, axis=-1):
@@ -191,6 +183,16 @@ def rms_norm_backward(dy, x, rstd, weight=None, *, axis=-1):
     db = np.empty(N, cdt)  # computed alongside, not returned
     _cpu.backward(dx2, dw, db, dy2, x2, None, r, w)
     return _shaped(dx2, shape, rdt), _shaped(dw, shape[axis:], rdt)
+
+
+def _forward_into(fn, out, x, x2, w, b, eps, center, shape, cdt, rdt):
+    """The forward pass of layer_norm / rms_norm (without statistics) into ``out``.
+    x: the caller's array; x2: its (M, N) rows; the rest as ``_args.prepare`` returns."""
+    y2, direct = _args.out_rows(fn, out, x, shape, x2.shape[1], cdt, rdt)
+    _cpu.forward(y2, None, None, x2, w, b, eps, center)
+    if not direct:
+        np.copyto(out, y2.reshape(shape), casting="unsafe")
+    return out
 
 
 def _shaped(a, shape, rdt):

@@ -19,3 +19,20 @@ def dx_err(dx, dxr, rstd, dy, w):
         np.linalg.norm(dxr), np.linalg.norm(rstd * dy.astype(np.float64) * (1 if w is None else w))
     )
     return np.linalg.norm(np.asarray(dx, np.float64) - dxr) / (scale if scale > 0 else 1.0)
+
+
+def fd_check(loss, targets, h=1e-6, tol=1e-6):
+    """Compares each (array, gradient) pair in ``targets`` with central finite differences of
+    ``loss()`` (a float64 function of the arrays, which are perturbed in place and restored)."""
+    for arr, grad in targets:
+        assert grad.shape == arr.shape
+        flat, gflat = arr.reshape(-1), grad.reshape(-1)
+        for i in range(flat.size):
+            old = flat[i]
+            flat[i] = old + h
+            fp = loss()
+            flat[i] = old - h
+            fm = loss()
+            flat[i] = old
+            num = (fp - fm) / (2 * h)
+            assert abs(num - gflat[i]) < tol * (1 + abs(num)), (i, num, gflat[i])

@@ -3,6 +3,7 @@ differences, step-by-step vs whole sequence, chunks, variable lengths, and PyTor
 
 import numpy as np
 import pytest
+from _helpers import fd_check
 
 import lnnumba as L
 from lnnumba import reference as R
@@ -63,21 +64,9 @@ def test_backward_matches_finite_differences(kind, cls, ln, rng):
     _, _, cache = cell.forward(x, st, lengths)
     dx, grads, dstate = cell.backward(G, cache, Gl)
     assert set(grads) == set(cell.params)
-    h = 1e-6
     targets = [(x, dx)] + [(cell.params[k], grads[k]) for k in cell.params]
     targets += list(zip(st, dstate))
-    for arr, grad in targets:
-        flat, gflat = arr.reshape(-1), grad.reshape(-1)
-        assert grad.shape == arr.shape
-        for i in range(flat.size):
-            old = flat[i]
-            flat[i] = old + h
-            fp = loss()
-            flat[i] = old - h
-            fm = loss()
-            flat[i] = old
-            num = (fp - fm) / (2 * h)
-            assert abs(num - gflat[i]) < 1e-6 * (1 + abs(num)), (kind, ln, i, num, gflat[i])
+    fd_check(loss, targets)
 
 
 @pytest.mark.parametrize("kind,cls", CELLS)

@@ -4,22 +4,9 @@ import os
 
 import numpy as np
 import pytest
+from _helpers import fd_check
 
 import lnnumba as L
-
-
-def fd_check(loss, targets, h=1e-6, tol=1e-6):
-    for arr, grad in targets:
-        flat, gflat = arr.reshape(-1), grad.reshape(-1)
-        for i in range(flat.size):
-            old = flat[i]
-            flat[i] = old + h
-            fp = loss()
-            flat[i] = old - h
-            fm = loss()
-            flat[i] = old
-            num = (fp - fm) / (2 * h)
-            assert abs(num - gflat[i]) < tol * (1 + abs(num)), (i, num, gflat[i])
 
 
 def test_linear_finite_differences(rng):

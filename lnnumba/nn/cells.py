@@ -32,14 +32,6 @@ class CellCache(NamedTuple):
     cn: np.ndarray  # (T, B, H) LSTM tanh of the (normalized) cell state, else (0,)
 
 
-def _positive_int(cls, name, v):
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
-        raise TypeError(f"{cls}: {name} must be an int, got {type(v).__name__}")
-    if v < 1:
-        raise ValueError(f"{cls}: {name} must be >= 1, got {v}")
-    return int(v)
-
-
 class _Cell:
     """Shared machinery of the three cells; subclasses define the parameters and the step."""
 
@@ -51,18 +43,12 @@ class _Cell:
         self, input_size, hidden_size, *, layer_norm=True, dtype=np.float32, seed=None, eps=1e-5
     ):
         cls = self._name
-        self.input_size = _positive_int(cls, "input_size", input_size)
-        self.hidden_size = _positive_int(cls, "hidden_size", hidden_size)
+        self.input_size = _args.positive_int(cls, "input_size", input_size)
+        self.hidden_size = _args.positive_int(cls, "hidden_size", hidden_size)
         if not isinstance(layer_norm, (bool, np.bool_)):
             raise TypeError(f"{cls}: layer_norm must be a bool, got {type(layer_norm).__name__}")
         self.layer_norm = bool(layer_norm)
-        try:
-            dt = np.dtype(dtype)
-        except TypeError:
-            raise TypeError(f"{cls}: dtype must be a NumPy dtype, got {dtype!r}") from None
-        if dt not in (np.float32, np.float64):
-            raise TypeError(f"{cls}: dtype must be float32 or float64, got {dt}")
-        self.dtype = dt
+        self.dtype = dt = _args.float_dtype(cls, dtype)
         self.eps = _args.check_eps(cls, eps)
         rng = np.random.default_rng(seed)
         I, H, GH = self.input_size, self.hidden_size, self.G * self.hidden_size

@@ -18,24 +18,6 @@ class LayerCache(NamedTuple):
     saved: tuple
 
 
-def _positive(cls, name, v):
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
-        raise TypeError(f"{cls}: {name} must be an int, got {type(v).__name__}")
-    if v < 1:
-        raise ValueError(f"{cls}: {name} must be >= 1, got {v}")
-    return int(v)
-
-
-def _float_dtype(cls, dtype):
-    try:
-        dt = np.dtype(dtype)
-    except TypeError:
-        raise TypeError(f"{cls}: dtype must be a NumPy dtype, got {dtype!r}") from None
-    if dt not in (np.float32, np.float64):
-        raise TypeError(f"{cls}: dtype must be float32 or float64, got {dt}")
-    return dt
-
-
 class _Layer:
     _name = ""
 
@@ -66,9 +48,9 @@ class Linear(_Layer):
     _name = "Linear"
 
     def __init__(self, in_features, out_features, *, dtype=np.float32, seed=None):
-        self.in_features = _positive(self._name, "in_features", in_features)
-        self.out_features = _positive(self._name, "out_features", out_features)
-        self.dtype = _float_dtype(self._name, dtype)
+        self.in_features = _args.positive_int(self._name, "in_features", in_features)
+        self.out_features = _args.positive_int(self._name, "out_features", out_features)
+        self.dtype = _args.float_dtype(self._name, dtype)
         rng = np.random.default_rng(seed)
         k = 1.0 / np.sqrt(self.in_features)
         self.params = {
@@ -103,9 +85,9 @@ class Embedding(_Layer):
     _name = "Embedding"
 
     def __init__(self, num_embeddings, dim, *, dtype=np.float32, seed=None):
-        self.num_embeddings = _positive(self._name, "num_embeddings", num_embeddings)
-        self.dim = _positive(self._name, "dim", dim)
-        self.dtype = _float_dtype(self._name, dtype)
+        self.num_embeddings = _args.positive_int(self._name, "num_embeddings", num_embeddings)
+        self.dim = _args.positive_int(self._name, "dim", dim)
+        self.dtype = _args.float_dtype(self._name, dtype)
         rng = np.random.default_rng(seed)
         self.params = {"W": rng.standard_normal((self.num_embeddings, self.dim)).astype(self.dtype)}
 
@@ -146,12 +128,12 @@ class BatchNorm(_Layer):
     _name = "BatchNorm"
 
     def __init__(self, num_features, *, eps=1e-5, momentum=0.1, dtype=np.float32):
-        self.num_features = _positive(self._name, "num_features", num_features)
+        self.num_features = _args.positive_int(self._name, "num_features", num_features)
         self.eps = _args.check_eps(self._name, eps)
         if not 0.0 <= float(momentum) <= 1.0:
             raise ValueError(f"BatchNorm: momentum must lie in [0, 1], got {momentum}")
         self.momentum = float(momentum)
-        self.dtype = _float_dtype(self._name, dtype)
+        self.dtype = _args.float_dtype(self._name, dtype)
         C = self.num_features
         self.params = {"weight": np.ones(C, self.dtype), "bias": np.zeros(C, self.dtype)}
         self.buffers = {

@@ -34,16 +34,6 @@ def _normalized_shape(cls, normalized_shape):
     return shape
 
 
-def _float_dtype(cls, dtype):
-    try:
-        dt = np.dtype(dtype)
-    except TypeError:
-        raise TypeError(f"{cls}: dtype must be a NumPy dtype, got {dtype!r}") from None
-    if dt not in (np.float16, np.float32, np.float64):
-        raise TypeError(f"{cls}: dtype must be float16, float32 or float64, got {dt}")
-    return dt
-
-
 class LayerNormCache(NamedTuple):
     """What ``LayerNorm.backward`` needs from the forward pass.
 
@@ -114,7 +104,7 @@ class LayerNorm(_Norm):
     ):
         self.normalized_shape = _normalized_shape(self._name, normalized_shape)
         self.eps = _args.check_eps(self._name, eps)
-        self.dtype = _float_dtype(self._name, dtype)
+        self.dtype = _args.float_dtype(self._name, dtype, _args.ALL_FLOATS)
         self.params = {}
         if elementwise_affine:
             self.params["weight"] = np.ones(self.normalized_shape, self.dtype)
@@ -157,7 +147,7 @@ class RMSNorm(_Norm):
     def __init__(self, normalized_shape, *, eps=1e-6, elementwise_affine=True, dtype=np.float32):
         self.normalized_shape = _normalized_shape(self._name, normalized_shape)
         self.eps = _args.check_eps(self._name, eps)
-        self.dtype = _float_dtype(self._name, dtype)
+        self.dtype = _args.float_dtype(self._name, dtype, _args.ALL_FLOATS)
         self.params = {}
         if elementwise_affine:
             self.params["weight"] = np.ones(self.normalized_shape, self.dtype)
