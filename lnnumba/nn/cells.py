@@ -23,6 +23,7 @@ class CellCache(NamedTuple):
     owner: object
     x: np.ndarray  # (T, B, I) the input
     active: np.ndarray  # (T, B) bool: step t of row b is inside its sequence
+    all_active: bool  # no lengths were given: every step of every row is active
     h: np.ndarray  # (T + 1, B, H) states h_0 .. h_T
     c: np.ndarray  # (T + 1, B, H) LSTM cell states (unnormalized), else (0,)
     xw: np.ndarray  # (T, B, G*H) x_t Wx (RNN: x_t Wx + h_{t-1} Wh)
@@ -176,7 +177,7 @@ class _Cell:
         if lengths is not None:
             hs[~active] = 0
         last = (h[T].copy(), c[T].copy()) if self.n_state == 2 else (h[T].copy(),)
-        return hs, last, CellCache(self, x, active, h, c, xw, hw, acts, stats, cn)
+        return hs, last, CellCache(self, x, active, lengths is None, h, c, xw, hw, acts, stats, cn)
 
     def backward(self, dhs, cache, dlast=None):
         """Backpropagation through time for one ``forward`` call.
@@ -205,12 +206,14 @@ class _Cell:
         dhw = dxw if self.G == 1 else self._zeros((T, B, GH))  # of h_{t-1} Wh (RNN: the same)
         dh0 = self._zeros((B, H))
         dc0 = self._zeros((B, H))
+        tmp = self._zeros((2, 4 * H))  # step-kernel scratch (LSTM: 2 x 4H; GRU, RNN use less)
         dh = dst[0].copy()  # the kernels write into these buffers
         dc = dst[1].copy() if self.n_state == 2 else self._empty
         for t in range(T - 1, -1, -1):
             act = cache.active[t]
-            dh = dh + np.where(act[:, None], dhs[t], 0)
-            self._step_backward(t, cache, grads, dxw, dhw[t], dh0, dc0, dh, dc, act)
+            # an ended row's output is the constant 0: its output gradient goes nowhere
+            dh = dh + (dhs[t] if cache.all_active else np.where(act[:, None], dhs[t], 0))
+            self._step_backward(t, cache, grads, dxw, dhw[t], dh0, dc0, dh, dc, act, tmp)
             dh = dh0 + dhw[t] @ Wh.T
             if self.n_state == 2:
                 dc, dc0 = dc0, dc
@@ -331,10 +334,9 @@ class LSTM(_Cell):
             tmp,
         )
 
-    def _step_backward(self, t, k, g, dxw, dhw, dh0, dc0, dh, dc, active):
+    def _step_backward(self, t, k, g, dxw, dhw, dh0, dc0, dh, dc, active, tmp):
         p = self._p
         e = self._empty
-        tmp = self._zeros((2, 4 * self.hidden_size))
         _k.lstm_step_backward(
             dxw[t],
             dhw,
@@ -422,10 +424,9 @@ class GRU(_Cell):
             tmp,
         )
 
-    def _step_backward(self, t, k, g, dxw, dhw, dh0, dc0, dh, dc, active):
+    def _step_backward(self, t, k, g, dxw, dhw, dh0, dc0, dh, dc, active, tmp):
         p = self._p
         e = self._empty
-        tmp = self._zeros((2, 3 * self.hidden_size))
         _k.gru_step_backward(
             dxw[t],
             dhw,
@@ -452,7 +453,7 @@ class GRU(_Cell):
             g.get("bh", e),
             active,
             self.layer_norm,
-            tmp,
+            tmp[:, : 3 * self.hidden_size],
         )
 
 
@@ -486,7 +487,7 @@ class RNN(_Cell):
         b = self._p("ln_b") if self.layer_norm else self._p("b")
         _k.rnn_step(h, st, xw, hw, h0, g, b, active, self.eps, self.layer_norm)
 
-    def _step_backward(self, t, k, g, dxw, dhw, dh0, dc0, dh, dc, active):
+    def _step_backward(self, t, k, g, dxw, dhw, dh0, dc0, dh, dc, active, tmp):
         gain = self._p("ln_g") if self.layer_norm else self._empty
         dg = g["ln_g"] if self.layer_norm else self._empty
         db = g["ln_b"] if self.layer_norm else g["b"]
@@ -502,5 +503,5 @@ class RNN(_Cell):
             db,
             active,
             self.layer_norm,
-            self._zeros(self.hidden_size),
+            tmp[0, : self.hidden_size],
         )
