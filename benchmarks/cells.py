@@ -7,7 +7,8 @@
 - step latency at B=1, H=256 and 1024 (I=H), next to the time of its two matrix-vector
   products alone on the same weights (x Wx and h Wh through NumPy: the floor of a step, which
   is weight-bandwidth bound).
-torch.nn.LSTM (no LN, fused) is timed too, for context. Figures are medians of interleaved rounds.
+torch.nn.LSTM (no LN, fused) is timed too, for context; and every plain cell (RNN, LSTM, GRU with
+layer_norm=False) against the torch.nn cell that computes the same thing. Figures are medians of interleaved rounds.
 """
 
 import argparse
@@ -98,6 +99,14 @@ def bench_sequence(label, T, B, I, H, train, rng, mt, rep):
 def describe(r):
     """One line of text for a result of bench_sequence or bench_step."""
     ms = r["ms"]
+    if r["case"].startswith("plain"):
+        line = (
+            f"{r['case']} T={r['T']} B={r['B']} I={r['I']} H={r['H']}: lnnumba "
+            f"{ms['lnnumba']:.2f} ms"
+        )
+        if "vs_torch_nn" in r:
+            line += f", torch.nn {ms['torch_nn']:.2f} ms ({r['vs_torch_nn']:.2f}x)"
+        return line
     if r["case"] == "step":
         return (
             f"step B=1 H={r['H']}: {ms['step'] * 1e3:.1f} us, its two matrix-vector products "
@@ -132,6 +141,46 @@ def bench_step(H, rng, mt, rep):
     }
 
 
+def bench_plain(kind, T, B, I, H, train, rng, mt, rep):
+    """A plain (no LN) cell against the torch.nn cell computing the same thing."""
+    cls = {"RNN": lnnumba.RNN, "LSTM": lnnumba.LSTM, "GRU": lnnumba.GRU}[kind]
+    cell = cls(I, H, layer_norm=False, seed=0)
+    x = rng.standard_normal((T, B, I)).astype(np.float32)
+    G = rng.standard_normal((T, B, H)).astype(np.float32)
+
+    def ours():
+        hs, last, cache = cell.forward(x)
+        if train:
+            cell.backward(G, cache)
+
+    f = {"lnnumba": ours}
+    if torch is not None:
+        mod = getattr(torch.nn, kind)(I, H)
+        tx, tG = torch.from_numpy(x), torch.from_numpy(G)
+
+        def theirs():
+            if train:
+                mod.zero_grad()
+                mod(tx)[0].backward(tG)
+            else:
+                with torch.no_grad():
+                    mod(tx)
+
+        f["torch_nn"] = theirs
+    t = median_times(f, mt, rep)
+    r = {
+        "case": f"plain {kind} {'training' if train else 'inference'}",
+        "T": T,
+        "B": B,
+        "I": I,
+        "H": H,
+        "ms": {k: v * 1e3 for k, v in t.items()},
+    }
+    if torch is not None:
+        r["vs_torch_nn"] = t["torch_nn"] / t["lnnumba"]
+    return r
+
+
 def run(quick=False):
     mt, rep = (0.02, 3) if quick else (0.1, 7)
     rng = np.random.default_rng(0)
@@ -142,6 +191,10 @@ def run(quick=False):
         bench_sequence("training", 100, 32, 256, 512, True, rng, mt, rep),
         bench_step(256, rng, mt, rep),
         bench_step(1024, rng, mt, rep),
+    ] + [
+        bench_plain(kind, 100, B, 128, 256, train, rng, mt, rep)
+        for kind in ("RNN", "LSTM", "GRU")
+        for B, train in ((1, False), (32, True))
     ]
 
 
