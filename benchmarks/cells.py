@@ -8,7 +8,8 @@
   products alone on the same weights (x Wx and h Wh through NumPy: the floor of a step, which
   is weight-bandwidth bound).
 torch.nn.LSTM (no LN, fused) is timed too, for context; and every plain cell (RNN, LSTM, GRU with
-layer_norm=False) against the torch.nn cell that computes the same thing. Figures are medians of interleaved rounds.
+layer_norm=False) against the torch.nn cell that computes the same thing. Figures are medians
+of interleaved rounds.
 """
 
 import argparse
