@@ -180,8 +180,7 @@ def rms_norm_backward(dy, x, rstd, weight=None, *, axis=-1):
     w = _args.param(fn, "weight", weight, shape, axis, cdt, rdt)
     dx2 = np.empty(x2.shape, cdt)
     dw = np.empty(N, cdt)
-    db = np.empty(N, cdt)  # computed alongside, not returned
-    _cpu.backward(dx2, dw, db, dy2, x2, None, r, w)
+    _cpu.backward(dx2, dw, None, dy2, x2, None, r, w)
     return _shaped(dx2, shape, rdt), _shaped(dw, shape[axis:], rdt)
 
 

@@ -134,6 +134,11 @@ def test_large_public_call_uses_parallel_path_and_matches(rng):
     ref = R.layer_norm_backward(dy, x, *R.layer_norm_forward(x, w, b)[1:], w)
     for a, b_ in zip(got, ref):
         assert rel_err(a, b_) < 1e-5
+    _, r = L.rms_norm_forward(x, w)  # RMSNorm's parallel backward (no bias gradient)
+    got = L.rms_norm_backward(dy, x, r, w)
+    ref = R.rms_norm_backward(dy, x, R.rms_norm_forward(x, w)[1], w)
+    for a, b_ in zip(got, ref):
+        assert rel_err(a, b_) < 1e-5
 
 
 @pytest.mark.parametrize("N", [7, 1024, 4096])

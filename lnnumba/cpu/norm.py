@@ -148,8 +148,9 @@ def row_backward_sums(db_acc, dy, x, w, m):
     """First pass of the row backward: db accumulated (``+=``) and the sums the second pass needs,
     each of single differences.
 
-    db_acc: (N,) accumulator of x's dtype; dy, x: (N,); w: (N,) or None; m: the saved mean in x's
-    dtype (0 for RMSNorm). Returns (sum(x - m), sum(gy), sum(gy * (x - m))) with gy = dy * w.
+    db_acc: (N,) accumulator of x's dtype, or None to skip it; dy, x: (N,); w: (N,) or None; m:
+    the saved mean in x's dtype (0 for RMSNorm). Returns (sum(x - m), sum(gy),
+    sum(gy * (x - m))) with gy = dy * w.
     """
     n = x.shape[0]
     t = x.dtype.type
@@ -159,7 +160,8 @@ def row_backward_sums(db_acc, dy, x, w, m):
     for j in range(n):
         e = x[j] - m
         g = dy[j]
-        db_acc[j] += g
+        if db_acc is not None:
+            db_acc[j] += g
         if w is not None:
             g = g * w[j]
         s_e += e
@@ -217,8 +219,9 @@ def row_ln(y, x, w, b, eps, center):
 def row_ln_backward(dx, dw_acc, db_acc, dy, x, w, mean, rstd, center):
     """Backward of ``row_ln`` for one row: dx, with dw/db accumulated (``+=``).
 
-    dx: (N,) out; dw_acc, db_acc: (N,) accumulators of x's dtype; dy, x: (N,); w: (N,) or None;
-    mean, rstd: as saved by the forward pass (in any float dtype; mean ignored for RMSNorm).
+    dx: (N,) out; dw_acc, db_acc: (N,) accumulators of x's dtype (db_acc None: no bias gradient);
+    dy, x: (N,); w: (N,) or None; mean, rstd: as saved by the forward pass (in any float dtype;
+    mean ignored for RMSNorm).
     """
     t = x.dtype.type
     n = x.shape[0]
@@ -307,22 +310,26 @@ def _backward_chunk(dx, part_w, part_b, dy, x, mean, rstd, w, c):
     lo = c * M // nc
     hi = (c + 1) * M // nc
     part_w[c, :] = 0
-    part_b[c, :] = 0
-    _backward_rows(dx, part_w[c], part_b[c], dy, x, mean, rstd, w, lo, hi)
+    if part_b is None:  # RMSNorm: no bias gradient
+        _backward_rows(dx, part_w[c], None, dy, x, mean, rstd, w, lo, hi)
+    else:
+        part_b[c, :] = 0
+        _backward_rows(dx, part_w[c], part_b[c], dy, x, mean, rstd, w, lo, hi)
 
 
 @njit(**_jit)
 def backward_serial(dx, dw, db, part_w, part_b, dy, x, mean, rstd, w):
     """Backward pass over all rows on the calling thread.
 
-    dx: (M, N) out; dw, db: (N,) out; part_w, part_b: (n_chunks(M), N) scratch of x's dtype
-    (any contents: each chunk zeroes its row); dy, x: (M, N); mean: (M,) or None (RMSNorm);
-    rstd: (M,); w: (N,) or None.
+    dx: (M, N) out; dw: (N,) out; db: (N,) out, or None (RMSNorm: not computed); part_w, part_b:
+    (n_chunks(M), N) scratch of x's dtype (any contents: each chunk zeroes its row; part_b None
+    with db); dy, x: (M, N); mean: (M,) or None (RMSNorm); rstd: (M,); w: (N,) or None.
     """
     for c in range(part_w.shape[0]):
         _backward_chunk(dx, part_w, part_b, dy, x, mean, rstd, w, c)
     _sum_partials(dw, part_w)
-    _sum_partials(db, part_b)
+    if db is not None:
+        _sum_partials(db, part_b)
 
 
 @njit(parallel=True, **_jit)
@@ -331,7 +338,8 @@ def backward_parallel(dx, dw, db, part_w, part_b, dy, x, mean, rstd, w):
     for c in prange(part_w.shape[0]):
         _backward_chunk(dx, part_w, part_b, dy, x, mean, rstd, w, c)
     _sum_partials(dw, part_w)
-    _sum_partials(db, part_b)
+    if db is not None:
+        _sum_partials(db, part_b)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -400,12 +408,14 @@ def _scratch_partials(nc, N, dtype):
 def backward(dx, dw, db, dy, x, mean, rstd, w):
     """Backward of ``forward``: dx, and dw/db summed over rows.
 
-    dx: (M, N) out; dw, db: (N,) out; dy, x: (M, N); mean: (M,) or None (RMSNorm); rstd: (M,);
-    w: (N,) or None; all C-contiguous, one float dtype.
+    dx: (M, N) out; dw: (N,) out; db: (N,) out or None (not computed); dy, x: (M, N); mean:
+    (M,) or None (RMSNorm); rstd: (M,); w: (N,) or None; all C-contiguous, one float dtype.
     """
     M, N = x.shape
     nc = n_chunks(M)
     part_w, part_b = _scratch_partials(nc, N, x.dtype)  # (nc, N) per-chunk partial sums
+    if db is None:
+        part_b = None
     if nc > 1 and x.size >= PARALLEL_MIN_ELEMENTS and _parallel_lock.acquire(False):
         try:
             backward_parallel(dx, dw, db, part_w, part_b, dy, x, mean, rstd, w)
