@@ -14,6 +14,15 @@ from .norm import (
     rms_norm_backward,
     rms_norm_forward,
 )
+from .serve import (
+    gru_from_torch,
+    layer_norm_from_torch,
+    linear_from_torch,
+    load_model,
+    lstm_from_torch,
+    rms_norm_from_torch,
+    save_model,
+)
 from .train import Adam, clip_grad_norm, load_checkpoint, save_checkpoint, softmax_cross_entropy
 
 __version__ = "0.1.0"
@@ -29,6 +38,13 @@ __all__ = [
     "LayerNorm",
     "RMSNorm",
     "clip_grad_norm",
+    "gru_from_torch",
+    "layer_norm_from_torch",
+    "linear_from_torch",
+    "load_model",
+    "lstm_from_torch",
+    "rms_norm_from_torch",
+    "save_model",
     "layer_norm",
     "layer_norm_backward",
     "layer_norm_forward",
