@@ -6,6 +6,7 @@ Public names are re-exported here; nothing is defined in this module.
 from .nn.cells import GRU, LSTM, RNN
 from .nn.layers import BatchNorm, Embedding, Linear
 from .nn.norm import LayerNorm, RMSNorm
+from .nn.stack import Stacked
 from .norm import (
     layer_norm,
     layer_norm_backward,
@@ -35,6 +36,7 @@ __all__ = [
     "Linear",
     "LSTM",
     "RNN",
+    "Stacked",
     "LayerNorm",
     "RMSNorm",
     "clip_grad_norm",

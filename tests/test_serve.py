@@ -15,6 +15,7 @@ def models():
     bn.buffers["running_mean"][...] = 0.25
     return [
         L.LSTM(3, 4, seed=0),
+        L.Stacked("gru", 3, 4, num_layers=2, bidirectional=True, seed=5),
         L.GRU(3, 4, layer_norm=False, seed=1, dtype=np.float64),
         L.RNN(3, 4, seed=2),
         L.LayerNorm((2, 5), bias=False),
@@ -38,7 +39,7 @@ def test_round_trip(tmp_path, model, rng):
         assert back.params[k].dtype == v.dtype
     for k, v in getattr(model, "buffers", {}).items():
         np.testing.assert_array_equal(back.buffers[k], v)
-    if isinstance(model, (L.LSTM, L.GRU, L.RNN)):
+    if isinstance(model, (L.LSTM, L.GRU, L.RNN, L.Stacked)):
         x = rng.standard_normal((4, 2, 3)).astype(model.dtype)
         np.testing.assert_array_equal(back.forward(x)[0], model.forward(x)[0])
         assert back.layer_norm == model.layer_norm
@@ -88,13 +89,13 @@ def test_bad_model_files(tmp_path):
     assert zipfile.is_zipfile(io.BytesIO(raw))
 
 
-def test_torch_import_refuses_stacks_and_bad_dicts():
+def test_torch_import_bad_dicts():
     sd = {
         "weight_ih_l0": np.zeros((16, 3)),
         "weight_hh_l0": np.zeros((16, 4)),
         "weight_ih_l1": np.zeros((16, 4)),
     }
-    with pytest.raises(ValueError, match="multi-layer and bidirectional"):
+    with pytest.raises(ValueError, match="no .weight_hh_l1."):
         L.lstm_from_torch(sd)
     with pytest.raises(ValueError, match="no 'weight'"):
         L.linear_from_torch({})
@@ -125,8 +126,10 @@ def test_torch_import_matches_pytorch(rng):
         ours = imp(sd(mod), **kw)
         np.testing.assert_allclose(ours.forward(x.numpy())[0], want, rtol=1e-5, atol=1e-5)
     for cls, imp in ((torch.nn.LSTM, L.lstm_from_torch), (torch.nn.GRU, L.gru_from_torch)):
-        mod = cls(6, 5)
-        with torch.no_grad():
-            want = mod(x)[0].numpy()
-        cell = imp(sd(mod))
-        np.testing.assert_allclose(cell.forward(x.numpy())[0], want, rtol=1e-5, atol=1e-5)
+        for kw in ({}, {"num_layers": 2, "bidirectional": True}):
+            mod = cls(6, 5, **kw)
+            with torch.no_grad():
+                want = mod(x)[0].numpy()
+            net = imp(sd(mod))
+            assert isinstance(net, L.Stacked) == bool(kw)
+            np.testing.assert_allclose(net.forward(x.numpy())[0], want, rtol=1e-5, atol=1e-5)

@@ -2,7 +2,7 @@
 pickle (a model file from a stranger cannot run code), version-tagged, written atomically.
 
 Supported models: ``LayerNorm``, ``RMSNorm``, ``Linear``, ``Embedding``, ``BatchNorm`` (with its
-running statistics), ``RNN``, ``LSTM``, ``GRU``.
+running statistics), ``RNN``, ``LSTM``, ``GRU`` and ``Stacked`` networks of them.
 """
 
 import io
@@ -16,6 +16,7 @@ import numpy as np
 from ..nn.cells import GRU, LSTM, RNN
 from ..nn.layers import BatchNorm, Embedding, Linear
 from ..nn.norm import LayerNorm, RMSNorm
+from ..nn.stack import Stacked
 
 FORMAT = "lnnumba-model"
 VERSION = 1
@@ -24,6 +25,16 @@ VERSION = 1
 def _architecture(model):
     """(kind, constructor arguments) of a supported model; TypeError for anything else."""
     dt = str(getattr(model, "dtype", ""))
+    if isinstance(model, Stacked):
+        return "Stacked", {
+            "cell": model.cell,
+            "input_size": model.input_size,
+            "hidden_size": model.hidden_size,
+            "num_layers": model.num_layers,
+            "bidirectional": model.bidirectional,
+            "layer_norm": model.layer_norm,
+            "dtype": dt,
+        }
     if isinstance(model, (LSTM, GRU, RNN)):
         kw = {
             "input_size": model.input_size,
@@ -65,11 +76,12 @@ def _architecture(model):
         }
     raise TypeError(
         f"save_model: cannot save a {type(model).__name__}; supported: LayerNorm, "
-        "RMSNorm, Linear, Embedding, BatchNorm, RNN, LSTM, GRU"
+        "RMSNorm, Linear, Embedding, BatchNorm, RNN, LSTM, GRU, Stacked"
     )
 
 
 _BUILD = {
+    "Stacked": Stacked,
     "LSTM": LSTM,
     "GRU": GRU,
     "RNN": RNN,
@@ -139,6 +151,7 @@ def load_model(path):
     if "normalized_shape" in kw:
         kw["normalized_shape"] = tuple(kw["normalized_shape"])
     first = {
+        "Stacked": ("cell", "input_size", "hidden_size"),
         "LSTM": ("input_size", "hidden_size"),
         "GRU": ("input_size", "hidden_size"),
         "RNN": ("input_size", "hidden_size"),

@@ -2,9 +2,9 @@
 dict of NumPy arrays, ``{k: v.detach().cpu().numpy() for k, v in module.state_dict().items()}``,
 and returns the equivalent lnnumba model (float32 unless ``dtype`` says otherwise).
 
-Single-layer, unidirectional ``nn.LSTM`` / ``nn.GRU`` only (multi-layer and bidirectional
-state dicts are refused with a ValueError). PyTorch's cells compute exactly what lnnumba's plain
-cells compute (weights transposed; the LSTM's two bias vectors summed).
+``nn.LSTM`` / ``nn.GRU`` with one layer and direction give an ``LSTM`` / ``GRU`` cell; with
+several layers or ``bidirectional=True`` a ``Stacked`` network. PyTorch's cells compute exactly
+what lnnumba's plain cells compute (weights transposed; the LSTM's two bias vectors summed).
 """
 
 import numpy as np
@@ -12,6 +12,7 @@ import numpy as np
 from ..nn.cells import GRU, LSTM
 from ..nn.layers import Linear
 from ..nn.norm import LayerNorm, RMSNorm
+from ..nn.stack import Stacked
 
 
 def _get(fn, sd, key):
@@ -57,43 +58,61 @@ def linear_from_torch(state_dict, *, dtype=np.float32):
     return lin
 
 
-def _rnn_common(fn, sd, gates):
-    extra = [k for k in sd if k.endswith(("_l1", "_reverse")) or "_l1_" in k]
-    if extra:
-        raise ValueError(
-            f"{fn}: multi-layer and bidirectional modules are not supported yet "
-            f"(found {sorted(extra)[:3]}); import one layer and direction at a time"
-        )
-    wih = _get(fn, sd, "weight_ih_l0")
-    whh = _get(fn, sd, "weight_hh_l0")
+def _rnn_weights(fn, sd, gates, sfx):
+    """(Wx, Wh, b_ih, b_hh) of one layer and direction, checked; sfx e.g. "_l0", "_l1_reverse"."""
+    wih = _get(fn, sd, "weight_ih" + sfx)
+    whh = _get(fn, sd, "weight_hh" + sfx)
     H = whh.shape[1]
-    if wih.shape[0] != gates * H or whh.shape != (gates * H, H):
+    if wih.ndim != 2 or wih.shape[0] != gates * H or whh.shape != (gates * H, H):
         raise ValueError(
             f"{fn}: weight shapes {wih.shape}, {whh.shape} do not match a cell with "
             f"{gates} gate blocks"
         )
     zeros = np.zeros(gates * H)
-    bih = _get(fn, sd, "bias_ih_l0") if "bias_ih_l0" in sd else zeros
-    bhh = _get(fn, sd, "bias_hh_l0") if "bias_hh_l0" in sd else zeros
-    return wih, whh, bih, bhh, wih.shape[1], H
+    bih = _get(fn, sd, "bias_ih" + sfx) if "bias_ih" + sfx in sd else zeros
+    bhh = _get(fn, sd, "bias_hh" + sfx) if "bias_hh" + sfx in sd else zeros
+    return wih, whh, bih, bhh
+
+
+def _load_cell(cell, kind, wih, whh, bih, bhh):
+    cell.params["Wx"][...] = wih.T
+    cell.params["Wh"][...] = whh.T
+    if kind == "gru":
+        cell.params["bx"][...] = bih
+        cell.params["bh"][...] = bhh
+    else:
+        cell.params["b"][...] = bih + bhh
+
+
+def _from_torch(fn, sd, kind, dtype):
+    gates = 4 if kind == "lstm" else 3
+    wih, whh, bih, bhh = _rnn_weights(fn, sd, gates, "_l0")
+    I, H = wih.shape[1], whh.shape[1]
+    layers = 1
+    while f"weight_ih_l{layers}" in sd:
+        layers += 1
+    bidirectional = "weight_ih_l0_reverse" in sd
+    if layers == 1 and not bidirectional:
+        cell = (LSTM if kind == "lstm" else GRU)(I, H, layer_norm=False, dtype=dtype)
+        _load_cell(cell, kind, wih, whh, bih, bhh)
+        return cell
+    net = Stacked(
+        kind, I, H, num_layers=layers, bidirectional=bidirectional, layer_norm=False, dtype=dtype
+    )
+    for layer in range(layers):
+        for d in range(net.D):
+            sfx = f"_l{layer}" + ("_reverse" if d else "")
+            _load_cell(net.layers[layer][d], kind, *_rnn_weights(fn, sd, gates, sfx))
+    return net
 
 
 def lstm_from_torch(state_dict, *, dtype=np.float32):
-    """``torch.nn.LSTM`` (one layer, one direction) -> ``lnnumba.LSTM(layer_norm=False)``."""
-    wih, whh, bih, bhh, I, H = _rnn_common("lstm_from_torch", state_dict, 4)
-    cell = LSTM(I, H, layer_norm=False, dtype=dtype)
-    cell.params["Wx"][...] = wih.T
-    cell.params["Wh"][...] = whh.T
-    cell.params["b"][...] = bih + bhh
-    return cell
+    """``torch.nn.LSTM`` -> ``lnnumba.LSTM(layer_norm=False)``, or a ``Stacked("lstm", ...)``
+    when the module has several layers or is bidirectional."""
+    return _from_torch("lstm_from_torch", state_dict, "lstm", dtype)
 
 
 def gru_from_torch(state_dict, *, dtype=np.float32):
-    """``torch.nn.GRU`` (one layer, one direction) -> ``lnnumba.GRU(layer_norm=False)``."""
-    wih, whh, bih, bhh, I, H = _rnn_common("gru_from_torch", state_dict, 3)
-    cell = GRU(I, H, layer_norm=False, dtype=dtype)
-    cell.params["Wx"][...] = wih.T
-    cell.params["Wh"][...] = whh.T
-    cell.params["bx"][...] = bih
-    cell.params["bh"][...] = bhh
-    return cell
+    """``torch.nn.GRU`` -> ``lnnumba.GRU(layer_norm=False)``, or a ``Stacked("gru", ...)``
+    when the module has several layers or is bidirectional."""
+    return _from_torch("gru_from_torch", state_dict, "gru", dtype)
