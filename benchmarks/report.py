@@ -27,12 +27,14 @@ def collect(quick):
     import cells
     import char_lm_speed
     import compare
+    import serving
     import startup
 
     return {
         "cpu": compare.run(quick),
         "cells": cells.run(quick),
         "char_lm": char_lm_speed.run(),
+        "serving": serving.run(),
         "startup": startup.run(3 if quick else 5),
     }
 
@@ -55,6 +57,7 @@ def render(data, gpu):
     import cells
     import char_lm_speed
     import compare
+    import serving
     import startup  # noqa: F401  (describe() below)
 
     info = data["cpu"]["info"]
@@ -103,6 +106,16 @@ def render(data, gpu):
         ),
     ]
     clm = data["char_lm"]
+    sv = {(r["H"], r.get("B", 1)): r for r in data.get("serving", [])}
+    s256 = sv.get((256, 1), {})
+    targets_serving = [
+        ("step B=1 I=H=256 >= 3x eager PyTorch", *_check(s256.get("vs_torch_eager"), 3.0)),
+        ("step B=1 I=H=256 >= 3x ONNX Runtime", *_check(s256.get("vs_onnxruntime"), 3.0)),
+        (
+            "batched step for 64 streams far cheaper than 64 single steps (>= 4x)",
+            *_check(sv.get((256, 64), {}).get("batched_vs_singles"), 4.0),
+        ),
+    ]
 
     def ttable(items):
         out = ["| target | figure | holds? |", "|---|---|---|"]
@@ -172,6 +185,22 @@ variant): inference is T=100, B=1; training T=100, B=32, forward + backward.
             ]
         )
     }
+
+## CPU: serving, one step at a time
+
+    python benchmarks/serving.py
+
+An LN-LSTM step at batch 1 (I = H): lnnumba's `step`, the same step in eager PyTorch, and in
+ONNX Runtime (a graph of the step built with onnx.helper, one intra-op thread); then one batched
+step for 64 independent streams against 64 single steps.
+
+{chr(10).join("    " + serving.describe(r) for r in data.get("serving", []))}
+
+{ttable(targets_serving)}
+
+At H=256 a step is bound by its two matrix-vector products (2 MB of weights, about 30 us through
+NumPy's BLAS), which every implementation pays: 3x ONNX Runtime would need a step faster than
+those products alone.
 
 ## GPU: CUDA kernels
 
