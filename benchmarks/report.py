@@ -112,8 +112,10 @@ def render(data, gpu):
         ("step B=1 I=H=256 >= 3x eager PyTorch", *_check(s256.get("vs_torch_eager"), 3.0)),
         ("step B=1 I=H=256 >= 3x ONNX Runtime", *_check(s256.get("vs_onnxruntime"), 3.0)),
         (
-            "batched step for 64 streams far cheaper than 64 single steps (>= 4x)",
-            *_check(sv.get((256, 64), {}).get("batched_vs_singles"), 4.0),
+            "batched step for 64 streams costs far less than 64 single steps (no number given;"
+            " the figure is how many times less)",
+            "{:.2f}".format(sv.get((256, 64), {}).get("batched_vs_singles", float("nan"))),
+            "see figure",
         ),
     ]
 
