@@ -30,13 +30,20 @@ def collect(quick):
     import serving
     import startup
 
-    return {
+    data = {
         "cpu": compare.run(quick),
         "cells": cells.run(quick),
         "char_lm": char_lm_speed.run(),
         "serving": serving.run(),
         "startup": startup.run(3 if quick else 5),
     }
+    try:
+        import load_test
+
+        data["load_test"] = load_test.run(16, 100)
+    except ImportError:  # the serve extra is not installed
+        pass
+    return data
 
 
 def _row(rows, shape, dtype="float32"):
@@ -200,6 +207,8 @@ step for 64 independent streams against 64 single steps.
 
 {ttable(targets_serving)}
 
+{_load_text(data.get("load_test"))}
+
 At H=256 a step is bound by its two matrix-vector products (2 MB of weights, about 30 us through
 NumPy's BLAS), which every implementation pays: 3x ONNX Runtime would need a step faster than
 those products alone.
@@ -208,6 +217,18 @@ those products alone.
 
 {gpu_text}
 """
+
+
+def _load_text(r):
+    if not r:
+        return "Load test of examples/serve.py: not run (the serve extra is not installed)."
+    import load_test
+
+    return (
+        "Load test of examples/serve.py on loopback (`python benchmarks/load_test.py`; a "
+        "char-LM of hidden size 128, prompts of 20-200 characters, micro-batching window "
+        "2 ms):\n\n    " + load_test.describe(r)
+    )
 
 
 def _gpu_section(gpu):

@@ -103,3 +103,37 @@ def test_long_sequences_runs(tmp_path, capsys):
     finally:
         sys.path.remove(str(ROOT / "examples"))
     assert "64 steps" in capsys.readouterr().out
+
+
+def test_serve_api(tmp_path, text):
+    pytest.importorskip("starlette")
+    pytest.importorskip("httpx")
+    from starlette.testclient import TestClient
+
+    lm = load("char_lm")
+    ck = tmp_path / "s.npz"
+    lm.train(lm.parse(small(text, ck, 3)), True, str(ck), log=lambda m: None)
+    serve = load("serve")
+    model, vocab = serve.load_char_lm(ck)
+    with TestClient(serve.make_app(model, vocab)) as client:
+        assert client.get("/health").json() == {"status": "ok"}
+        r = client.post("/v1/next", json={"text": "def ", "top": 3})
+        assert r.status_code == 200
+        nxt = r.json()["next"]
+        assert len(nxt) == 3 and all(ch in vocab for ch, _ in nxt)
+        assert nxt[0][1] >= nxt[1][1] >= nxt[2][1]
+        # the batched answer equals running the prefix alone through step()
+        st = None
+        for ch in "def ":
+            st = model.cell.step(model.emb.forward(np.array([vocab.index(ch)]))[0], st)
+        logits = model.head.forward(st[0])[0][0].astype(np.float64)
+        p = np.exp(logits - logits.max())
+        p /= p.sum()
+        assert abs(nxt[0][1] - p.max()) < 1e-5
+        assert client.post("/v1/next", content=b"{not json").status_code == 400
+        assert client.post("/v1/next", json={"text": "\u2603"}).status_code == 422
+        assert client.post("/v1/next", json={"text": "x" * 5000}).status_code == 413
+        assert client.post("/v1/next", json={"text": "def", "top": 0}).status_code == 400
+        m = client.get("/metrics").json()
+        assert m["requests"]["200"] == 1 and m["requests"]["400"] == 2
+        assert client.post("/v1/next", json={"text": "def"}).status_code == 200  # still serving
