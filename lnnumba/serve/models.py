@@ -5,14 +5,7 @@ Supported models: ``LayerNorm``, ``RMSNorm``, ``Linear``, ``Embedding``, ``Batch
 running statistics), ``RNN``, ``LSTM``, ``GRU`` and ``Stacked`` networks of them.
 """
 
-import io
-import json
-import os
-import tempfile
-import zipfile
-
-import numpy as np
-
+from .. import _npz
 from ..nn.cells import GRU, LSTM, RNN
 from ..nn.layers import BatchNorm, Embedding, Linear
 from ..nn.norm import LayerNorm, RMSNorm
@@ -102,20 +95,7 @@ def save_model(path, model):
     for k, v in getattr(model, "buffers", {}).items():
         arrays[f"buffer/{k}"] = v
     header = {"format": FORMAT, "version": VERSION, "kind": kind, "args": kw}
-    arrays["__header__"] = np.frombuffer(json.dumps(header).encode(), np.uint8)
-    path = os.fspath(path)
-    d = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=d)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    _npz.write(path, arrays, header)
 
 
 def load_model(path):
@@ -124,19 +104,7 @@ def load_model(path):
     Raises ValueError for a truncated or corrupted file, another format, a newer or unknown
     format version, or arrays that do not match the architecture; FileNotFoundError if absent.
     """
-    path = os.fspath(path)
-    try:
-        with open(path, "rb") as f:
-            raw = f.read()
-        with np.load(io.BytesIO(raw), allow_pickle=False) as z:
-            data = {k: z[k] for k in z.files}
-        header = json.loads(bytes(data.pop("__header__")).decode())
-    except FileNotFoundError:
-        raise
-    except (zipfile.BadZipFile, ValueError, EOFError, OSError, KeyError, UnicodeDecodeError) as e:
-        raise ValueError(
-            f"load_model: {path} is truncated, corrupted or not a model file ({e})"
-        ) from None
+    data, header = _npz.read(path, "load_model", "an lnnumba model file")
     if not isinstance(header, dict) or header.get("format") != FORMAT:
         raise ValueError(f"load_model: {path} is not an lnnumba model file")
     if header.get("version") != VERSION:

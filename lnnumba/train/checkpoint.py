@@ -1,13 +1,9 @@
 """Checkpoints: parameters, optimizer state and metadata in one ``.npz``, written atomically and
 read without pickle (a checkpoint from a stranger cannot run code)."""
 
-import io
-import json
-import os
-import tempfile
-import zipfile
-
 import numpy as np
+
+from .. import _npz
 
 FORMAT = "lnnumba-checkpoint"
 VERSION = 1
@@ -39,31 +35,9 @@ def save_checkpoint(path, params, opt=None, meta=None):
         for k, a in st["v"].items():
             arrays[f"opt_v/{k}"] = a
     try:
-        text = json.dumps(header)
+        _npz.write(path, arrays, header)
     except TypeError as e:
         raise TypeError(f"save_checkpoint: meta must be JSON-serializable: {e}") from None
-    arrays["__header__"] = np.frombuffer(text.encode(), np.uint8)
-    path = os.fspath(path)
-    d = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=d)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    try:  # make the rename itself durable
-        dfd = os.open(d, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:
-        pass
 
 
 def load_checkpoint(path, like=None):
@@ -75,22 +49,7 @@ def load_checkpoint(path, like=None):
     Raises ValueError for a truncated or corrupted file, one of another format or version, or
     one that does not match ``like``; FileNotFoundError if there is no file.
     """
-    path = os.fspath(path)
-    try:
-        with open(path, "rb") as f:
-            raw = f.read()
-        with np.load(io.BytesIO(raw), allow_pickle=False) as z:
-            data = {k: z[k] for k in z.files}
-    except FileNotFoundError:
-        raise
-    except (zipfile.BadZipFile, ValueError, EOFError, OSError, KeyError) as e:
-        raise ValueError(f"load_checkpoint: {path} is truncated or corrupted ({e})") from None
-    try:
-        header = json.loads(bytes(data.pop("__header__")).decode())
-    except (KeyError, ValueError, UnicodeDecodeError):
-        raise ValueError(
-            f"load_checkpoint: {path} is not an lnnumba checkpoint (no header)"
-        ) from None
+    data, header = _npz.read(path, "load_checkpoint", "an lnnumba checkpoint")
     if header.get("format") != FORMAT:
         raise ValueError(f"load_checkpoint: {path} is not an lnnumba checkpoint")
     if header.get("version") != VERSION:
