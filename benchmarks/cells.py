@@ -100,6 +100,14 @@ def bench_sequence(label, T, B, I, H, train, rng, mt, rep):
 def describe(r):
     """One line of text for a result of bench_sequence or bench_step."""
     ms = r["ms"]
+    if r["case"].startswith("LN-"):
+        line = (
+            f"{r['case']} T={r['T']} B={r['B']} I={r['I']} H={r['H']}: lnnumba "
+            f"{ms['lnnumba']:.2f} ms"
+        )
+        if "vs_torch_eager" in r:
+            line += f", eager PyTorch {ms['torch_eager_ln']:.2f} ms ({r['vs_torch_eager']:.2f}x)"
+        return line
     if r["case"].startswith("plain"):
         line = (
             f"{r['case']} T={r['T']} B={r['B']} I={r['I']} H={r['H']}: lnnumba "
@@ -140,6 +148,86 @@ def bench_step(H, rng, mt, rep):
         "ms": {k: v * 1e3 for k, v in t.items()},
         "of_floor": t["step"] / t["matvecs"],
     }
+
+
+def torch_ln_gru(params, H):
+    """The same LN-GRU in eager PyTorch (PAPER.md §3), autograd for the backward."""
+    P = {k: torch.tensor(v, requires_grad=True) for k, v in params.items()}
+    H2 = 2 * H
+
+    def run(x, h):
+        xw = x @ P["Wx"]
+        hs = []
+        for t in range(x.shape[0]):
+            hw = h @ P["Wh"]
+            rz = F.layer_norm(xw[t][:, :H2], (H2,), P["ln_x_g"], P["ln_x_b"]) + F.layer_norm(
+                hw[:, :H2], (H2,), P["ln_h_g"], P["ln_h_b"]
+            )
+            r, z = torch.sigmoid(rz[:, :H]), torch.sigmoid(rz[:, H:])
+            n = torch.tanh(
+                F.layer_norm(xw[t][:, H2:], (H,), P["ln_xn_g"], P["ln_xn_b"])
+                + r * F.layer_norm(hw[:, H2:], (H,), P["ln_hn_g"], P["ln_hn_b"])
+            )
+            h = z * h + (1 - z) * n
+            hs.append(h)
+        return torch.stack(hs)
+
+    return P, run
+
+
+def torch_ln_rnn(params, H):
+    """The same LN-RNN in eager PyTorch (PAPER.md §3, eq. 4), autograd for the backward."""
+    P = {k: torch.tensor(v, requires_grad=True) for k, v in params.items()}
+
+    def run(x, h):
+        xw = x @ P["Wx"]
+        hs = []
+        for t in range(x.shape[0]):
+            h = torch.tanh(F.layer_norm(xw[t] + h @ P["Wh"], (H,), P["ln_g"], P["ln_b"]))
+            hs.append(h)
+        return torch.stack(hs)
+
+    return P, run
+
+
+def bench_ln_cell(kind, T, B, I, H, train, rng, mt, rep):
+    """lnnumba's LN-GRU / LN-RNN against the same cell in eager PyTorch."""
+    cell = {"GRU": lnnumba.GRU, "RNN": lnnumba.RNN}[kind](I, H, seed=0)
+    x = rng.standard_normal((T, B, I)).astype(np.float32)
+    G = rng.standard_normal((T, B, H)).astype(np.float32)
+
+    def ours():
+        hs, last, cache = cell.forward(x)
+        if train:
+            cell.backward(G, cache)
+
+    f = {"lnnumba": ours}
+    if torch is not None:
+        P, run = (torch_ln_gru if kind == "GRU" else torch_ln_rnn)(cell.params, H)
+        tx, tG, z = torch.from_numpy(x), torch.from_numpy(G), torch.zeros(B, H)
+
+        def eager():
+            if train:
+                for p in P.values():
+                    p.grad = None
+                run(tx, z).backward(tG)
+            else:
+                with torch.no_grad():
+                    run(tx, z)
+
+        f["torch_eager_ln"] = eager
+    t = median_times(f, mt, rep)
+    r = {
+        "case": f"LN-{kind} {'training' if train else 'inference'}",
+        "T": T,
+        "B": B,
+        "I": I,
+        "H": H,
+        "ms": {k: v * 1e3 for k, v in t.items()},
+    }
+    if torch is not None:
+        r["vs_torch_eager"] = t["torch_eager_ln"] / t["lnnumba"]
+    return r
 
 
 def bench_plain(kind, T, B, I, H, train, rng, mt, rep):
@@ -187,16 +275,24 @@ def run(quick=False):
     rng = np.random.default_rng(0)
     if torch is not None:
         torch.set_num_threads(numba.get_num_threads())
-    return [
-        bench_sequence("inference", 100, 1, 128, 256, False, rng, mt, rep),
-        bench_sequence("training", 100, 32, 256, 512, True, rng, mt, rep),
-        bench_step(256, rng, mt, rep),
-        bench_step(1024, rng, mt, rep),
-    ] + [
-        bench_plain(kind, 100, B, 128, 256, train, rng, mt, rep)
-        for kind in ("RNN", "LSTM", "GRU")
-        for B, train in ((1, False), (32, True))
-    ]
+    return (
+        [
+            bench_sequence("inference", 100, 1, 128, 256, False, rng, mt, rep),
+            bench_sequence("training", 100, 32, 256, 512, True, rng, mt, rep),
+            bench_step(256, rng, mt, rep),
+            bench_step(1024, rng, mt, rep),
+        ]
+        + [
+            bench_ln_cell(kind, 100, B, 128, 256, train, rng, mt, rep)
+            for kind in ("GRU", "RNN")
+            for B, train in ((1, False), (32, True))
+        ]
+        + [
+            bench_plain(kind, 100, B, 128, 256, train, rng, mt, rep)
+            for kind in ("RNN", "LSTM", "GRU")
+            for B, train in ((1, False), (32, True))
+        ]
+    )
 
 
 def main(argv=None):
