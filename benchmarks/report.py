@@ -169,14 +169,13 @@ arrays do not fit the cache where the copy's two do, which `bwd_of_triad` accoun
 
 {startup.describe(st)}
 
-## CPU: layer-normalized LSTM
+## CPU: recurrent cells
 
 lnnumba's LN-LSTM against the same LN-LSTM in eager PyTorch (`F.layer_norm` + matmuls, autograd
 for the backward); `torch.nn.LSTM` without LN for context. Then the LN-GRU and LN-RNN against
 the same cells in eager PyTorch (T=100, I=128, H=256; inference B=1, training B=32); then each
-plain cell (no LN) against
-the `torch.nn` cell that computes the same thing (PyTorch's fused C++ cells, which have no LN
-variant): inference is T=100, B=1; training T=100, B=32, forward + backward.
+plain cell (no LN) against the `torch.nn` cell that computes the same thing (PyTorch's fused
+C++ cells, which have no LN variant), with the same sizes.
 
 {chr(10).join("    " + cells.describe(r) for r in data["cells"])}
 
