@@ -54,8 +54,11 @@ def torch_ln_lstm(params, H):
     return P, run
 
 
-def bench_sequence(label, T, B, I, H, train, rng, mt, rep):
-    cell = lnnumba.LSTM(I, H, seed=0)
+def _time_cell(case, cell, T, B, train, peers, rng, mt, rep):
+    """Times ``cell`` (forward, + backward when ``train``) on seeded data of (T, B, I) side by
+    side with ``peers`` (name -> function (x, G) -> callable, given the same data as torch
+    tensors). Returns (result dict, median seconds per name)."""
+    I, H = cell.input_size, cell.hidden_size
     x = rng.standard_normal((T, B, I)).astype(np.float32)
     G = rng.standard_normal((T, B, H)).astype(np.float32)
 
@@ -66,32 +69,45 @@ def bench_sequence(label, T, B, I, H, train, rng, mt, rep):
 
     f = {"lnnumba": ours}
     if torch is not None:
-        P, run = torch_ln_lstm(cell.params, H)
         tx, tG = torch.from_numpy(x), torch.from_numpy(G)
-        z = torch.zeros(B, H)
-        lstm = torch.nn.LSTM(I, H)
-
-        def eager():
-            if train:
-                for p in P.values():
-                    p.grad = None
-                run(tx, z, z).backward(tG)
-            else:
-                with torch.no_grad():
-                    run(tx, z, z)
-
-        def fused():
-            if train:
-                lstm.zero_grad()
-                lstm(tx)[0].backward(tG)
-            else:
-                with torch.no_grad():
-                    lstm(tx)
-
-        f["torch_eager_ln"] = eager
-        f["torch_nn_lstm_no_ln"] = fused
+        f.update({name: make(tx, tG) for name, make in peers.items()})
     t = median_times(f, mt, rep)
-    r = {"case": label, "T": T, "B": B, "I": I, "H": H, "ms": {k: v * 1e3 for k, v in t.items()}}
+    r = {"case": case, "T": T, "B": B, "I": I, "H": H, "ms": {k: v * 1e3 for k, v in t.items()}}
+    return r, t
+
+
+def _torch_pass(forward, tG, train, params=(), module=None):
+    """A callable running ``forward()`` under no_grad, or with autograd's backward of tG."""
+
+    def go():
+        if not train:
+            with torch.no_grad():
+                forward()
+            return
+        if module is not None:
+            module.zero_grad()
+        for p in params:
+            p.grad = None
+        forward().backward(tG)
+
+    return go
+
+
+def bench_sequence(label, T, B, I, H, train, rng, mt, rep):
+    """The LN-LSTM against the same cell in eager PyTorch, and torch.nn.LSTM (no LN)."""
+    cell = lnnumba.LSTM(I, H, seed=0)
+    peers = {}
+    if torch is not None:
+        P, run_eager = torch_ln_lstm(cell.params, H)
+        lstm = torch.nn.LSTM(I, H)
+        z = torch.zeros(B, H)
+        peers["torch_eager_ln"] = lambda tx, tG: _torch_pass(
+            lambda: run_eager(tx, z, z), tG, train, P.values()
+        )
+        peers["torch_nn_lstm_no_ln"] = lambda tx, tG: _torch_pass(
+            lambda: lstm(tx)[0], tG, train, module=lstm
+        )
+    r, t = _time_cell(label, cell, T, B, train, peers, rng, mt, rep)
     if torch is not None:
         r["vs_torch_eager"] = t["torch_eager_ln"] / t["lnnumba"]
     return r
@@ -100,19 +116,11 @@ def bench_sequence(label, T, B, I, H, train, rng, mt, rep):
 def describe(r):
     """One line of text for a result of bench_sequence or bench_step."""
     ms = r["ms"]
-    if r["case"].startswith("LN-"):
-        line = (
-            f"{r['case']} T={r['T']} B={r['B']} I={r['I']} H={r['H']}: lnnumba "
-            f"{ms['lnnumba']:.2f} ms"
-        )
+    head = f"{r['case']} T={r.get('T')} B={r.get('B')} I={r.get('I')} H={r['H']}: lnnumba "
+    if r["case"].startswith(("LN-", "plain")):
+        line = head + f"{ms['lnnumba']:.2f} ms"
         if "vs_torch_eager" in r:
             line += f", eager PyTorch {ms['torch_eager_ln']:.2f} ms ({r['vs_torch_eager']:.2f}x)"
-        return line
-    if r["case"].startswith("plain"):
-        line = (
-            f"{r['case']} T={r['T']} B={r['B']} I={r['I']} H={r['H']}: lnnumba "
-            f"{ms['lnnumba']:.2f} ms"
-        )
         if "vs_torch_nn" in r:
             line += f", torch.nn {ms['torch_nn']:.2f} ms ({r['vs_torch_nn']:.2f}x)"
         return line
@@ -121,9 +129,7 @@ def describe(r):
             f"step B=1 H={r['H']}: {ms['step'] * 1e3:.1f} us, its two matrix-vector products "
             f"alone {ms['matvecs'] * 1e3:.1f} us ({r['of_floor']:.2f}x the floor)"
         )
-    line = (
-        f"{r['case']} T={r['T']} B={r['B']} I={r['I']} H={r['H']}: lnnumba {ms['lnnumba']:.2f} ms"
-    )
+    line = head + f"{ms['lnnumba']:.2f} ms"
     if "vs_torch_eager" in r:
         line += (
             f", eager PyTorch LN-LSTM {ms['torch_eager_ln']:.2f} ms "
@@ -193,38 +199,15 @@ def torch_ln_rnn(params, H):
 def bench_ln_cell(kind, T, B, I, H, train, rng, mt, rep):
     """lnnumba's LN-GRU / LN-RNN against the same cell in eager PyTorch."""
     cell = {"GRU": lnnumba.GRU, "RNN": lnnumba.RNN}[kind](I, H, seed=0)
-    x = rng.standard_normal((T, B, I)).astype(np.float32)
-    G = rng.standard_normal((T, B, H)).astype(np.float32)
-
-    def ours():
-        hs, last, cache = cell.forward(x)
-        if train:
-            cell.backward(G, cache)
-
-    f = {"lnnumba": ours}
+    peers = {}
     if torch is not None:
-        P, run = (torch_ln_gru if kind == "GRU" else torch_ln_rnn)(cell.params, H)
-        tx, tG, z = torch.from_numpy(x), torch.from_numpy(G), torch.zeros(B, H)
-
-        def eager():
-            if train:
-                for p in P.values():
-                    p.grad = None
-                run(tx, z).backward(tG)
-            else:
-                with torch.no_grad():
-                    run(tx, z)
-
-        f["torch_eager_ln"] = eager
-    t = median_times(f, mt, rep)
-    r = {
-        "case": f"LN-{kind} {'training' if train else 'inference'}",
-        "T": T,
-        "B": B,
-        "I": I,
-        "H": H,
-        "ms": {k: v * 1e3 for k, v in t.items()},
-    }
+        P, run_eager = (torch_ln_gru if kind == "GRU" else torch_ln_rnn)(cell.params, H)
+        z = torch.zeros(B, H)
+        peers["torch_eager_ln"] = lambda tx, tG: _torch_pass(
+            lambda: run_eager(tx, z), tG, train, P.values()
+        )
+    case = f"LN-{kind} {'training' if train else 'inference'}"
+    r, t = _time_cell(case, cell, T, B, train, peers, rng, mt, rep)
     if torch is not None:
         r["vs_torch_eager"] = t["torch_eager_ln"] / t["lnnumba"]
     return r
@@ -232,39 +215,15 @@ def bench_ln_cell(kind, T, B, I, H, train, rng, mt, rep):
 
 def bench_plain(kind, T, B, I, H, train, rng, mt, rep):
     """A plain (no LN) cell against the torch.nn cell computing the same thing."""
-    cls = {"RNN": lnnumba.RNN, "LSTM": lnnumba.LSTM, "GRU": lnnumba.GRU}[kind]
-    cell = cls(I, H, layer_norm=False, seed=0)
-    x = rng.standard_normal((T, B, I)).astype(np.float32)
-    G = rng.standard_normal((T, B, H)).astype(np.float32)
-
-    def ours():
-        hs, last, cache = cell.forward(x)
-        if train:
-            cell.backward(G, cache)
-
-    f = {"lnnumba": ours}
+    cell = {"RNN": lnnumba.RNN, "LSTM": lnnumba.LSTM, "GRU": lnnumba.GRU}[kind](
+        I, H, layer_norm=False, seed=0
+    )
+    peers = {}
     if torch is not None:
         mod = getattr(torch.nn, kind)(I, H)
-        tx, tG = torch.from_numpy(x), torch.from_numpy(G)
-
-        def theirs():
-            if train:
-                mod.zero_grad()
-                mod(tx)[0].backward(tG)
-            else:
-                with torch.no_grad():
-                    mod(tx)
-
-        f["torch_nn"] = theirs
-    t = median_times(f, mt, rep)
-    r = {
-        "case": f"plain {kind} {'training' if train else 'inference'}",
-        "T": T,
-        "B": B,
-        "I": I,
-        "H": H,
-        "ms": {k: v * 1e3 for k, v in t.items()},
-    }
+        peers["torch_nn"] = lambda tx, tG: _torch_pass(lambda: mod(tx)[0], tG, train, module=mod)
+    case = f"plain {kind} {'training' if train else 'inference'}"
+    r, t = _time_cell(case, cell, T, B, train, peers, rng, mt, rep)
     if torch is not None:
         r["vs_torch_nn"] = t["torch_nn"] / t["lnnumba"]
     return r
