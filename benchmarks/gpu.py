@@ -119,6 +119,26 @@ def call_cost_us(n=2000):
     return dt / n * 1e6
 
 
+KEYS = [
+    "fwd_GBps",
+    "bwd_GBps",
+    "copy_GBps",
+    "fwd_of_copy",
+    "bwd_of_copy",
+    "fwd_vs_torch",
+    "bwd_vs_torch",
+]
+
+
+def table(rows):
+    """Markdown table of the results (one row per shape)."""
+    out = ["| shape | " + " | ".join(KEYS) + " |", "|" + "---|" * (len(KEYS) + 1)]
+    for r in rows:
+        cells = [f"{r[k]:.2f}" if k in r else "n/a" for k in KEYS]
+        out.append(f"| {r['shape']} | " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", help="write the results to this file")
@@ -141,24 +161,7 @@ def main(argv=None):
     rows = [bench(M, N, use_torch, repeat) for M, N in shapes]
     info["call_cost_us"] = call_cost_us(20 if args.tiny else 2000)
     print(" ".join(f"{k}={v}" for k, v in info.items()))
-    keys = [
-        "shape",
-        "fwd_GBps",
-        "bwd_GBps",
-        "copy_GBps",
-        "fwd_of_copy",
-        "bwd_of_copy",
-        "fwd_vs_torch",
-        "bwd_vs_torch",
-    ]
-    print("| " + " | ".join(keys) + " |")
-    print("|" + "---|" * len(keys))
-    for r in rows:
-        cells = [
-            r[k] if isinstance(r.get(k), str) else (f"{r[k]:.2f}" if k in r else "n/a")
-            for k in keys
-        ]
-        print("| " + " | ".join(cells) + " |")
+    print(table(rows))
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"info": info, "results": rows}, f, indent=1)

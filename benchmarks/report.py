@@ -247,29 +247,15 @@ at hidden 1024; Python-side cost of one call <= 10 us.
 | 65536x1024 | not yet measured | | | | | | |
 | 16384x4096 | not yet measured | | | | | | |
 | 4096x16384 | not yet measured | | | | | | |"""
+    import gpu as gpu_bench  # the table format of benchmarks/gpu.py
+
     info = gpu["info"]
-    keys = [
-        "fwd_GBps",
-        "bwd_GBps",
-        "copy_GBps",
-        "fwd_of_copy",
-        "bwd_of_copy",
-        "fwd_vs_torch",
-        "bwd_vs_torch",
-    ]
     out = [
         f"GPU: {info['gpu']}, measured {info['date']}; Python-side cost of one call "
         f"{info['call_cost_us']:.1f} us.",
         "",
-        "| shape | " + " | ".join(keys) + " |",
-        "|" + "---|" * (len(keys) + 1),
+        gpu_bench.table(gpu["results"]),
     ]
-    for r in gpu["results"]:
-        out.append(
-            f"| {r['shape']} | "
-            + " | ".join(f"{r[k]:.2f}" if k in r else "n/a" for k in keys)
-            + " |"
-        )
     return "\n".join(out)
 
 
