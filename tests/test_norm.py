@@ -141,6 +141,29 @@ def test_large_public_call_uses_parallel_path_and_matches(rng):
         assert rel_err(a, b_) < 1e-5
 
 
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("M", range(1, 10))
+def test_backward_four_row_blocks_and_remainders(rng, M, weighted):
+    # the backward takes rows four at a time and the rest one by one: every split must agree
+    # with the reference and with the rows taken alone
+    N = 37
+    x = make(rng, (M, N), np.float32)
+    dy = make(rng, (M, N), np.float32)
+    w = make(rng, N, np.float32) if weighted else None
+    _, m, r = L.layer_norm_forward(x, w)
+    dx, dw, db = L.layer_norm_backward(dy, x, m, r, w)
+    dxr, dwr, dbr = R.layer_norm_backward(dy, x, *R.layer_norm_forward(x, w)[1:], w)
+    assert dx_err(dx, dxr, R.layer_norm_forward(x, w)[2], dy, w) < 2e-4
+    assert rel_err(dw, dwr) < 2e-5 and rel_err(db, dbr) < 2e-5
+    for i in range(M):
+        dxi = L.layer_norm_backward(dy[i : i + 1], x[i : i + 1], m[i : i + 1], r[i : i + 1], w)[0]
+        np.testing.assert_allclose(dx[i : i + 1], dxi, rtol=1e-5, atol=1e-6)
+    _, r = L.rms_norm_forward(x, w)
+    dx, dw = L.rms_norm_backward(dy, x, r, w)
+    dxr, dwr = R.rms_norm_backward(dy, x, R.rms_norm_forward(x, w)[1], w)
+    assert rel_err(dx, dxr) < 2e-5 and rel_err(dw, dwr) < 2e-5
+
+
 @pytest.mark.parametrize("N", [7, 1024, 4096])
 def test_float32_large_mean_stays_accurate(rng, N):
     x = (1e4 + rng.standard_normal((6, N))).astype(np.float32)
