@@ -100,8 +100,8 @@ def test_widths(rng, N, dtype):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_serial_and_parallel_paths_are_identical(rng, dtype):
-    M, N = 300, 257  # several backward chunks, more elements than the parallel threshold
+def test_serial_parallel_and_blocked_paths_are_identical(rng, dtype):
+    M, N = 301, 257  # several backward chunks, more elements than the parallel threshold
     x = make(rng, (M, N), dtype)
     w, b, dy = make(rng, N, dtype), make(rng, N, dtype), make(rng, (M, N), dtype)
     outs = []
@@ -109,18 +109,39 @@ def test_serial_and_parallel_paths_are_identical(rng, dtype):
         (K.forward_serial, K.backward_serial),
         (K.forward_parallel, K.backward_parallel),
     ]:
-        y, m, r = np.empty_like(x), np.empty(M, dtype), np.empty(M, dtype)
-        fwd(y, m, r, x, w, b, 1e-5, True, 2)
-        dx, dw, db = np.empty_like(x), np.empty(N, dtype), np.empty(N, dtype)
-        nc = K.n_chunks(M)
-        junk = np.full((nc, N), np.nan, dtype)  # scratch contents must not matter
-        bwd(dx, dw, db, junk, junk.copy(), dy, x, m, r, w)
-        outs.append((y, m, r, dx, dw, db))
-    for a, b_ in zip(*outs):
-        np.testing.assert_array_equal(a, b_)
+        for block in (False, True):  # the forward's output pass one row or four at a time
+            y, m, r = np.empty_like(x), np.empty(M, dtype), np.empty(M, dtype)
+            fwd(y, m, r, x, w, b, 1e-5, True, block, 2)
+            dx, dw, db = np.empty_like(x), np.empty(N, dtype), np.empty(N, dtype)
+            nc = K.n_chunks(M)
+            junk = np.full((nc, N), np.nan, dtype)  # scratch contents must not matter
+            bwd(dx, dw, db, junk, junk.copy(), dy, x, m, r, w)
+            outs.append((y, m, r, dx, dw, db))
+    for other in outs[1:]:
+        for a, b_ in zip(outs[0], other):
+            np.testing.assert_array_equal(a, b_)
     yr, mr, rr = R.layer_norm_forward(x, w, b)
     assert rel_err(outs[0][0], yr) < TOL[dtype] * 10
     assert K.n_chunks(M) > 1
+
+
+@pytest.mark.parametrize("affine", ["none", "weight", "both"])
+@pytest.mark.parametrize("M", range(1, 10))
+def test_forward_four_row_blocks_and_remainders(rng, M, affine):
+    # the blocked forward (taken for inputs larger than the last-level cache) on every split of
+    # rows into blocks of four and a remainder, LN and RMSNorm, against the reference
+    N = 37
+    x = (3 + make(rng, (M, N), np.float32)).astype(np.float32)
+    w = make(rng, N, np.float32) if affine != "none" else None
+    b = make(rng, N, np.float32) if affine == "both" else None
+    y, m, r = np.empty_like(x), np.empty(M), np.empty(M)
+    K.forward_serial(y, m, r, x, w, b, 1e-5, True, True, 1)
+    yr, mr, rr = R.layer_norm_forward(x, w, b)
+    assert rel_err(y, yr) < 2e-5
+    assert rel_err(m, mr.ravel()) < 2e-6 and rel_err(r, rr.ravel()) < 2e-6
+    K.forward_serial(y, None, r, x, w, None, 1e-6, False, True, 1)
+    yr, rr = R.rms_norm_forward(x, w)
+    assert rel_err(y, yr) < 2e-5 and rel_err(r, rr.ravel()) < 2e-6
 
 
 def test_large_public_call_uses_parallel_path_and_matches(rng):

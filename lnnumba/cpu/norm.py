@@ -34,6 +34,13 @@ FASTMATH = {"reassoc", "contract", "nsz", "arcp"}
 # Below this many elements a call runs serially: a parallel launch costs more than it saves.
 PARALLEL_MIN_ELEMENTS = 1 << 16
 
+# Above this many bytes of input the forward's output pass takes four rows at a time: once x and
+# y outgrow the last-level cache that is faster (about 1.1x at 8192x4096 float32, 128 MB);
+# within the cache, and most of all within L2, where the four rows' x and y lines (4 KB apart
+# for 1024 float32 columns) compete for the same L1 sets, one row at a time is as fast or
+# faster (2x at 256x1024).
+FORWARD_BLOCK_MIN_BYTES = 16 << 20
+
 # Rows per chunk of the backward pass's weight-gradient partial sums (see ``_n_chunks``).
 _CHUNK_ROWS = 32
 _MAX_CHUNKS = 64
@@ -141,6 +148,36 @@ def row_forward(y, x, w, b, x0, c, r):
         if b is not None:
             v = v + b[j]
         y[j] = v
+
+
+@njit(**_jit_elementwise)
+def rows4_forward(y, x, w, b, x0, c, r):
+    """``row_forward`` for four rows at once, loading each column's w and b once for the four.
+
+    y: (4, N) out; x: (4, N); w, b: (N,) or None; x0, c, r: 4-tuples of the rows' statistics in
+    x's dtype. The same arithmetic as ``row_forward``, row by row.
+    """
+    for j in range(x.shape[1]):
+        v0 = ((x[0, j] - x0[0]) - c[0]) * r[0]
+        v1 = ((x[1, j] - x0[1]) - c[1]) * r[1]
+        v2 = ((x[2, j] - x0[2]) - c[2]) * r[2]
+        v3 = ((x[3, j] - x0[3]) - c[3]) * r[3]
+        if w is not None:
+            wj = w[j]
+            v0 = v0 * wj
+            v1 = v1 * wj
+            v2 = v2 * wj
+            v3 = v3 * wj
+        if b is not None:
+            bj = b[j]
+            v0 = v0 + bj
+            v1 = v1 + bj
+            v2 = v2 + bj
+            v3 = v3 + bj
+        y[0, j] = v0
+        y[1, j] = v1
+        y[2, j] = v2
+        y[3, j] = v3
 
 
 @njit(**_jit_reduce)
@@ -277,33 +314,59 @@ def row_ln_backward(dx, dw_acc, db_acc, dy, x, w, mean, rstd, center):
 
 
 @njit(**_jit)
-def _forward_rows(y, mean, rstd, x, w, b, eps, center, lo, hi):
-    """Rows lo..hi-1 of the forward pass.
+def _forward_rows(y, mean, rstd, x, w, b, eps, center, block, lo, hi):
+    """Rows lo..hi-1 of the forward pass; with ``block``, the output pass takes four rows at
+    a time (the statistics are still taken row by row).
 
     y: (M, N) out; mean, rstd: (M,) out or None; x: (M, N); w, b: (N,) or None.
     """
-    for i in range(lo, hi):
-        m, r = row_ln(y[i], x[i], w, b, eps, center)
+    t = x.dtype.type
+    i = lo
+    if block:
+        while i + 4 <= hi:
+            a0, c0, r0 = row_stats_one_pass(x[i], eps, center)
+            a1, c1, r1 = row_stats_one_pass(x[i + 1], eps, center)
+            a2, c2, r2 = row_stats_one_pass(x[i + 2], eps, center)
+            a3, c3, r3 = row_stats_one_pass(x[i + 3], eps, center)
+            rows4_forward(
+                y[i : i + 4], x[i : i + 4], w, b, (a0, a1, a2, a3),
+                (t(c0), t(c1), t(c2), t(c3)), (t(r0), t(r1), t(r2), t(r3)),
+            )  # fmt: skip
+            if mean is not None:
+                mean[i] = a0 + c0 * 1.0
+                mean[i + 1] = a1 + c1 * 1.0
+                mean[i + 2] = a2 + c2 * 1.0
+                mean[i + 3] = a3 + c3 * 1.0
+            if rstd is not None:
+                rstd[i] = r0
+                rstd[i + 1] = r1
+                rstd[i + 2] = r2
+                rstd[i + 3] = r3
+            i += 4
+    for k in range(i, hi):
+        m, r = row_ln(y[k], x[k], w, b, eps, center)
         if mean is not None:
-            mean[i] = m
+            mean[k] = m
         if rstd is not None:
-            rstd[i] = r
+            rstd[k] = r
 
 
 @njit(**_jit)
-def forward_serial(y, mean, rstd, x, w, b, eps, center, nt):
+def forward_serial(y, mean, rstd, x, w, b, eps, center, block, nt):
     """Forward pass over all rows on the calling thread (shapes as ``_forward_rows``; ``nt``
     is unused, for the same signature as ``forward_parallel``)."""
-    _forward_rows(y, mean, rstd, x, w, b, eps, center, 0, x.shape[0])
+    _forward_rows(y, mean, rstd, x, w, b, eps, center, block, 0, x.shape[0])
 
 
 @njit(parallel=True, **_jit)
-def forward_parallel(y, mean, rstd, x, w, b, eps, center, nt):
+def forward_parallel(y, mean, rstd, x, w, b, eps, center, block, nt):
     """Forward pass with the rows split into ``nt`` contiguous blocks, one per thread."""
     M = x.shape[0]
     nt = max(1, min(nt, M))
     for t in prange(nt):
-        _forward_rows(y, mean, rstd, x, w, b, eps, center, t * M // nt, (t + 1) * M // nt)
+        lo = t * M // nt
+        hi = (t + 1) * M // nt
+        _forward_rows(y, mean, rstd, x, w, b, eps, center, block, lo, hi)
 
 
 @njit(**_jit)
@@ -440,18 +503,20 @@ def forward(y, mean, rstd, x, w, b, eps, center):
     if x.size < PARALLEL_MIN_ELEMENTS:
         f = _forward_entries.get((x.dtype, mean is None, rstd is None, w is None, b is None))
         if f is None:
-            args = (y, mean, rstd, x, w, b, eps, center, 1)
+            args = (y, mean, rstd, x, w, b, eps, center, False, 1)
             f = _forward_entries[(x.dtype, mean is None, rstd is None, w is None, b is None)] = (
                 _entry_point(forward_serial, args)
             )
-        f(y, mean, rstd, x, w, b, eps, center, 1)
-    elif x.shape[0] > 1 and _parallel_lock.acquire(False):
+        f(y, mean, rstd, x, w, b, eps, center, False, 1)
+        return
+    block = x.nbytes > FORWARD_BLOCK_MIN_BYTES
+    if x.shape[0] > 1 and _parallel_lock.acquire(False):
         try:
-            forward_parallel(y, mean, rstd, x, w, b, eps, center, get_num_threads())
+            forward_parallel(y, mean, rstd, x, w, b, eps, center, block, get_num_threads())
         finally:
             _parallel_lock.release()
     else:
-        forward_serial(y, mean, rstd, x, w, b, eps, center, 1)
+        forward_serial(y, mean, rstd, x, w, b, eps, center, block, 1)
 
 
 _scratch = threading.local()
