@@ -53,7 +53,9 @@ def ort_layer_norm(M, N, dtype, threads):
         ],
         [helper.make_tensor_value_info("Y", et, [M, N])],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    # IR version 8 (the first with opset 17): a newer onnx package would otherwise stamp a
+    # version an older ONNX Runtime refuses to load
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1

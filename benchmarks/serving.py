@@ -69,7 +69,9 @@ def onnx_step(cell):
         ],
         inits,
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    # IR version 8 (the first with opset 17): a newer onnx package would otherwise stamp a
+    # version an older ONNX Runtime refuses to load
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
