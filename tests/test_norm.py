@@ -162,12 +162,13 @@ def test_large_public_call_uses_parallel_path_and_matches(rng):
         assert rel_err(a, b_) < 1e-5
 
 
+@pytest.mark.parametrize("N", [37, K.FUSE_MIN_ROW_BYTES // 4 + 3])
 @pytest.mark.parametrize("weighted", [False, True])
-@pytest.mark.parametrize("M", range(1, 10))
-def test_backward_four_row_blocks_and_remainders(rng, M, weighted):
-    # the backward takes rows four at a time and the rest one by one: every split must agree
-    # with the reference and with the rows taken alone
-    N = 37
+@pytest.mark.parametrize("M", range(1, 14))
+def test_backward_four_row_blocks_and_remainders(rng, M, weighted, N):
+    # the backward takes rows four at a time (for long rows each block but the last fused with
+    # the next block's first pass) and the rest one by one: every split must agree with the
+    # reference and with the rows taken alone
     x = make(rng, (M, N), np.float32)
     dy = make(rng, (M, N), np.float32)
     w = make(rng, N, np.float32) if weighted else None
@@ -187,8 +188,9 @@ def test_backward_four_row_blocks_and_remainders(rng, M, weighted):
 
 @pytest.mark.parametrize("N", [7, 1024, 4096])
 def test_float32_large_mean_stays_accurate(rng, N):
-    x = (1e4 + rng.standard_normal((6, N))).astype(np.float32)
-    dy = rng.standard_normal((6, N)).astype(np.float32)
+    # 10 rows: the backward's pipelined four-row blocks, its last block and two single rows
+    x = (1e4 + rng.standard_normal((10, N))).astype(np.float32)
+    dy = rng.standard_normal((10, N)).astype(np.float32)
     w = (1 + 0.1 * rng.standard_normal(N)).astype(np.float32)
     y, m, r = L.layer_norm_forward(x, w)
     yr, mr, rr = R.layer_norm_forward(x, w)
