@@ -160,10 +160,15 @@ node); `rms_*_vs_ln` = LN time / RMSNorm time. The last two columns are lnnumba'
 {ttable(targets_cpu)}
 
 Where the time goes: at 4096x1024 float32 a copy's two 16 MB arrays fit the 32 MB last-level
-cache, so the roofline there is cache bandwidth and the kernels are bound by their instruction
-stream (the forward loads x twice and w, b once per element where a copy loads x once; the
-backward loads x, dy and w twice plus the weight-gradient accumulators). The backward's three
-arrays do not fit the cache where the copy's two do, which `bwd_of_triad` accounts for.
+cache, so the roofline there is cache bandwidth; the backward's three arrays do not, which
+`bwd_of_triad` (dx = x + dy, the backward's exact bytes) accounts for. The backward reads a block
+of four rows twice (the second time from cache) and loads w and the weight-gradient
+accumulators once per four rows. At 4096x1024 float32 PyTorch's forward also runs near the
+copy roofline, so the forward's ratio to PyTorch there swings with the machine's noise from
+run to run more than with the code. Outputs allocated per call (the `ln fwd µs` and
+`ln bwd µs` columns include them) land on fresh pages once they outgrow the allocator's reuse
+(32 MB and up): the page faults, with transparent huge pages and direct compaction, can cost
+more than the kernel, and vary from run to run (4096x1024 float64).
 
 ## CPU: start-up
 
