@@ -6,7 +6,10 @@ builds those views; kernels trust them.
 
 One row routine per operation serves every path: the serial drivers loop over rows, the parallel
 drivers split the rows among threads, and the recurrent cells call the row routines directly.
-LN and RMSNorm share the routines: ``center=False`` skips the mean (RMSNorm).
+Blocks of four rows have their own routines (``rows4_*``), the same arithmetic with each column's
+parameters and weight-gradient accumulators loaded once per four rows; the drivers take rows
+four at a time where that is faster and the rest one by one. LN and RMSNorm share the routines:
+``center=False`` skips the mean (RMSNorm).
 
 Numerics
 --------
