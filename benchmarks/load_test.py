@@ -92,23 +92,30 @@ def run(clients=16, requests=100, checkpoint=None):
         lat, fails = [], []
         lock = threading.Lock()
 
-        def client(k):
+        def client(k, lo, hi):
             with httpx.Client(timeout=30) as c:
-                for i in range(requests):
+                for i in range(lo, hi):
                     t0 = time.perf_counter()
                     r = c.post(url + "/v1/next", json={"text": prompts[(k * 7 + i) % 256]})
                     dt = time.perf_counter() - t0
                     with lock:
                         (lat if r.status_code == 200 else fails).append(dt)
 
-        t0 = time.perf_counter()
-        threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        wall = time.perf_counter() - t0
-        rss1 = rss_mb(server.pid)
+        # the run in four rounds, the server's memory taken after each: memory that is stable
+        # stops growing after the first round (which meets the first concurrent batches)
+        rss = []
+        wall = 0.0
+        for q in range(4):
+            lo, hi = q * requests // 4, (q + 1) * requests // 4
+            t0 = time.perf_counter()
+            threads = [threading.Thread(target=client, args=(k, lo, hi)) for k in range(clients)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            wall += time.perf_counter() - t0
+            rss.append(rss_mb(server.pid))
+        rss1 = rss[-1]
         metrics = httpx.get(url + "/metrics").json()
     finally:
         server.terminate()
@@ -123,6 +130,7 @@ def run(clients=16, requests=100, checkpoint=None):
         "p99_ms": 1e3 * lat[int(0.99 * (len(lat) - 1))],
         "rss_mb_before": rss0,
         "rss_mb_after": rss1,
+        "rss_mb_rounds": rss,
         "batches": metrics["batches"],
     }
 
@@ -133,6 +141,13 @@ def describe(r):
         f"requests/s, p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms, {r['failed']} "
         f"failed, {r['batches']} model batches; server memory {r['rss_mb_before']:.0f} MB "
         f"before, {r['rss_mb_after']:.0f} MB after"
+        + (
+            " (after each quarter of the run: "
+            + ", ".join(f"{m:.0f}" for m in r["rss_mb_rounds"])
+            + " MB)"
+            if "rss_mb_rounds" in r
+            else ""
+        )
     )
 
 
