@@ -7,6 +7,7 @@ from _helpers import fd_check
 
 import lnnumba as L
 from lnnumba import reference as R
+from lnnumba.nn import cells as NC
 
 CELLS = [("lstm", L.LSTM), ("gru", L.GRU), ("rnn", L.RNN)]
 
@@ -83,6 +84,37 @@ def test_steps_equal_one_forward(kind, cls, ln, dtype, rng):
         np.testing.assert_allclose(s[0], hs[t], rtol=1e-5, atol=1e-6)
     for a, b in zip(s, last):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind,cls", CELLS)
+@pytest.mark.parametrize("ln", [True, False])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_batch_of_one_loop_in_one_kernel_call(kind, cls, ln, dtype, rng, monkeypatch):
+    # a batch of one with a small Wh runs its loop over time inside one kernel call, recurrent
+    # product included: forward and the backward from its cache must agree with the
+    # BLAS-per-step loop (forced by a limit of 0), with the reference and with step
+    cell = make_cell(cls, ln, dtype, I=5, H=6)
+    T = 7
+    x = rng.standard_normal((T, 1, 5)).astype(dtype)
+    st = rand_state(cell, 1, rng, dtype)
+    G = rng.standard_normal((T, 1, 6)).astype(dtype)
+    runs = []
+    for limit in (NC.KERNEL_LOOP_MAX_BYTES, 0):
+        monkeypatch.setattr(NC, "KERNEL_LOOP_MAX_BYTES", limit)
+        assert cell._kernel_loop(1, cell.params["Wh"]) == (limit > 0)
+        hs, last, cache = cell.forward(x, st)
+        dx, grads, dst = cell.backward(G, cache)
+        runs.append([hs, *last, dx, *grads.values(), *dst])
+    tol = 1e-12 if dtype == np.float64 else 2e-5
+    for a, b in zip(*runs):
+        np.testing.assert_allclose(a, b, rtol=tol, atol=tol)
+    hs = runs[0][0]
+    hr, _ = R.cell_forward(kind, cell.params, x, st, np.array([T]), ln)
+    np.testing.assert_allclose(hs, hr, rtol=tol, atol=tol)
+    s = st
+    for t in range(T):
+        s = cell.step(x[t], s)
+        np.testing.assert_allclose(s[0], hs[t], rtol=tol, atol=tol)
 
 
 @pytest.mark.parametrize("kind,cls", CELLS)

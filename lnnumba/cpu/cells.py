@@ -2,8 +2,11 @@
 products, one ``@njit`` pass over the batch per time step, forward and backward side by side.
 
 The matrix products themselves (the input projection of all steps as one GEMM, the recurrence as
-one GEMM per step) are BLAS calls made by the caller (``lnnumba.nn.cells``). Layer norm is the
-row routine of ``cpu.norm`` (``row_ln`` / ``row_ln_backward``), the same code ``layer_norm`` runs.
+one GEMM per step) are BLAS calls made by the caller (``lnnumba.nn.cells``), except for a batch
+of one with a small recurrent matrix: there the ``*_steps`` kernels run the whole loop over time,
+recurrent matrix-vector product included (``matvec``), in one call, which saves a BLAS call and
+a kernel launch per step. Layer norm is the row routine of ``cpu.norm`` (``row_ln`` /
+``row_ln_backward``), the same code ``layer_norm`` runs.
 
 Shapes: B batch, H hidden size, G = 4 (LSTM), 3 (GRU) or 1 (RNN) gate blocks.
 ``active`` (B,) bool: rows whose sequence has not ended at this step; for the others the state is
@@ -20,6 +23,34 @@ from numba.extending import overload
 from .norm import row_ln, row_ln_backward
 
 _jit = dict(nogil=True, cache=True)
+
+
+@njit(nogil=True, cache=True, fastmath={"contract", "nsz", "reassoc", "arcp"})
+def matvec(y, a, W):
+    """y = a @ W for one row. y: (G,) out; a: (K,); W: (K, G) C-contiguous.
+
+    Four rows of W at a time, so y (in L1) is loaded and stored once per four rows of W; the
+    loop over G vectorizes. As fast as BLAS while W fits in the core's L2 cache (the callers
+    take it only then).
+    """
+    K, G = W.shape
+    t = y.dtype.type
+    for j in range(G):
+        y[j] = t(0)
+    i = 0
+    while i + 4 <= K:
+        a0 = a[i]
+        a1 = a[i + 1]
+        a2 = a[i + 2]
+        a3 = a[i + 3]
+        for j in range(G):
+            y[j] += (a0 * W[i, j] + a1 * W[i + 1, j]) + (a2 * W[i + 2, j] + a3 * W[i + 3, j])
+        i += 4
+    while i < K:
+        a0 = a[i]
+        for j in range(G):
+            y[j] += a0 * W[i, j]
+        i += 1
 
 
 def _tanh(v):
@@ -118,6 +149,23 @@ def lstm_step(h, c, acts, cn, st, xw, hw, h0, c0, b, gx, bx, gh, bh, gc, bc, act
         for j in range(H):
             cn[r, j] = _tanh(cn[r, j])
             h[r, j] = a[3 * H + j] * cn[r, j]
+
+
+@njit(**_jit)
+def lstm_steps(h, c, acts, cn, st, xw, hw, Wh, b, gx, bx, gh, bh, gc, bc, active, eps, ln, tmp):
+    """``lstm_step`` for t = 0..T-1, with hw[t] = h[t] Wh computed in the loop (``matvec``).
+
+    h, c: (T + 1, B, H), h[0], c[0] the initial state, h[t + 1], c[t + 1] out; acts: (T, B, 4H),
+    cn: (T, B, H), st: (T, B, 6) out; xw: (T, B, 4H); hw: (T, B, 4H) out; Wh: (H, 4H); active:
+    (T, B); the rest as ``lstm_step``.
+    """
+    for t in range(xw.shape[0]):
+        for r in range(h.shape[1]):
+            matvec(hw[t, r], h[t, r], Wh)
+        lstm_step(
+            h[t + 1], c[t + 1], acts[t], cn[t], st[t], xw[t], hw[t], h[t], c[t],
+            b, gx, bx, gh, bh, gc, bc, active[t], eps, ln, tmp,
+        )  # fmt: skip
 
 
 @njit(**_jit)
@@ -253,6 +301,24 @@ def gru_step(
 
 
 @njit(**_jit)
+def gru_steps(
+    h, acts, st, xw, hw, Wh, gx, bx, gh, bh, gxn, bxn, ghn, bhn, bxp, bhp, active, eps, ln, tmp
+):
+    """``gru_step`` for t = 0..T-1, with hw[t] = h[t] Wh computed in the loop (``matvec``).
+
+    h: (T + 1, B, H), h[0] the initial state, h[t + 1] out; acts: (T, B, 4H), st: (T, B, 8) out;
+    xw: (T, B, 3H); hw: (T, B, 3H) out; Wh: (H, 3H); active: (T, B); the rest as ``gru_step``.
+    """
+    for t in range(xw.shape[0]):
+        for r in range(h.shape[1]):
+            matvec(hw[t, r], h[t, r], Wh)
+        gru_step(
+            h[t + 1], acts[t], st[t], xw[t], hw[t], h[t], gx, bx, gh, bh, gxn, bxn, ghn, bhn,
+            bxp, bhp, active[t], eps, ln, tmp,
+        )  # fmt: skip
+
+
+@njit(**_jit)
 def gru_step_backward(
     dxw,
     dhw,
@@ -360,6 +426,20 @@ def rnn_step(h, st, xw, hw, h0, g, b, active, eps, ln):
                 h[r, j] = xw[r, j] + b[j]
         for j in range(H):
             h[r, j] = _tanh(h[r, j])
+
+
+@njit(**_jit)
+def rnn_steps(h, st, xw, hw, Wh, g, b, active, eps, ln):
+    """``rnn_step`` for t = 0..T-1, with hw[t] = h[t] Wh computed in the loop (``matvec``).
+
+    h: (T + 1, B, H), h[0] the initial state, h[t + 1] out; st: (T, B, 2) out; xw: (T, B, H)
+    (each xw[t] becomes xw[t] + hw[t], as in ``rnn_step``); hw: (T, B, H) out; Wh: (H, H);
+    active: (T, B); the rest as ``rnn_step``.
+    """
+    for t in range(xw.shape[0]):
+        for r in range(h.shape[1]):
+            matvec(hw[t, r], h[t, r], Wh)
+        rnn_step(h[t + 1], st[t], xw[t], hw[t], h[t], g, b, active[t], eps, ln)
 
 
 @njit(**_jit)

@@ -3,7 +3,10 @@ through time. Parameterization, gate order and initialization: PAPER.md §3.
 
 Matrix products go to BLAS (NumPy's ``@``): the input projection of all T steps as one GEMM, the
 recurrence as one GEMM per step; everything between them is one fused ``@njit`` pass per step
-(``lnnumba.cpu.cells``), which uses the same layer-norm row routine as ``layer_norm``.
+(``lnnumba.cpu.cells``), which uses the same layer-norm row routine as ``layer_norm``. A batch of
+one with a recurrent matrix of at most ``KERNEL_LOOP_MAX_BYTES`` (the inference path of a small
+model) runs the loop over time in one kernel call instead, recurrent product included: per step
+that saves a BLAS call and a kernel launch, which cost as much as the step's own arithmetic.
 
 Shapes: x (T, B, I) time-major; hs (T, B, H); states are tuples, ``(h, c)`` for the LSTM and
 ``(h,)`` for the GRU and RNN, each (B, H); ``None`` means zeros.
@@ -15,6 +18,11 @@ import numpy as np
 
 from .. import _args
 from ..cpu import cells as _k
+
+# Largest recurrent matrix Wh (bytes) for which a batch of one runs its loop over time inside one
+# kernel call, with the kernel's own matrix-vector product: up to about a core's L2 cache it is
+# as fast as BLAS; past it BLAS is faster (LSTM H=256 float32: Wh is 1 MB).
+KERNEL_LOOP_MAX_BYTES = 1 << 20
 
 
 class CellCache(NamedTuple):
@@ -72,6 +80,12 @@ class _Cell:
 
     def _zeros(self, shape):
         return np.zeros(shape, self.dtype)
+
+    @staticmethod
+    def _kernel_loop(B, Wh):
+        """Whether the loop over time runs inside one kernel call (``_steps``) rather than as a
+        BLAS product and a kernel call per step: for a batch of one and a small Wh."""
+        return B == 1 and Wh.nbytes <= KERNEL_LOOP_MAX_BYTES
 
     def _check_x(self, x, ndim, what):
         fn = f"{self._name}.{what}"
@@ -158,21 +172,24 @@ class _Cell:
         acts, stats, cn, tmp = self._buffers(T, B)
         lstm = self.n_state == 2
         e = self._empty
-        for t in range(T):
-            np.matmul(h[t], Wh, out=hw[t])
-            self._step(
-                h[t + 1],
-                c[t + 1] if lstm else e,
-                acts[t] if acts.ndim == 3 else e,
-                stats[t],
-                cn[t] if lstm else e,
-                xw[t],
-                hw[t],
-                h[t],
-                c[t] if lstm else e,
-                active[t],
-                tmp,
-            )
+        if self._kernel_loop(B, Wh):
+            self._steps(h, c, acts, stats, cn, xw, hw, Wh, active, tmp)
+        else:
+            for t in range(T):
+                np.matmul(h[t], Wh, out=hw[t])
+                self._step(
+                    h[t + 1],
+                    c[t + 1] if lstm else e,
+                    acts[t] if acts.ndim == 3 else e,
+                    stats[t],
+                    cn[t] if lstm else e,
+                    xw[t],
+                    hw[t],
+                    h[t],
+                    c[t] if lstm else e,
+                    active[t],
+                    tmp,
+                )
         hs = h[1:].copy()
         if lengths is not None:
             hs[~active] = 0
@@ -233,25 +250,26 @@ class _Cell:
         st0 = self._check_state(state, B, "step")
         H = self.hidden_size
         e = self._empty
-        h = np.empty((B, H), self.dtype)
-        c = np.empty((B, H), self.dtype) if self.n_state == 2 else e
-        xw = x_t @ self._p("Wx")
-        hw = st0[0] @ self._p("Wh")
+        lstm = self.n_state == 2
+        Wx, Wh = self._p("Wx"), self._p("Wh")
         acts, stats, cn, tmp = self._buffers(1, B)
+        xw = x_t @ Wx
+        h = np.empty((B, H), self.dtype)
+        c = np.empty((B, H), self.dtype) if lstm else e
         self._step(
             h,
             c,
             acts[0] if acts.ndim == 3 else e,
             stats[0],
-            cn[0] if self.n_state == 2 else e,
+            cn[0] if lstm else e,
             xw,
-            hw,
+            st0[0] @ Wh,
             st0[0],
-            st0[1] if self.n_state == 2 else e,
+            st0[1] if lstm else e,
             np.ones(B, bool),
             tmp,
         )
-        return (h, c) if self.n_state == 2 else (h,)
+        return (h, c) if lstm else (h,)
 
     def __repr__(self):
         return (
@@ -308,6 +326,13 @@ class LSTM(_Cell):
             np.empty((T, B, H), dt),
             np.empty(4 * H, dt),
         )
+
+    def _steps(self, h, c, acts, st, cn, xw, hw, Wh, active, tmp):
+        p = self._p
+        _k.lstm_steps(
+            h, c, acts, cn, st, xw, hw, Wh, p("b"), p("ln_x_g"), p("ln_x_b"), p("ln_h_g"),
+            p("ln_h_b"), p("ln_c_g"), p("ln_c_b"), active, self.eps, self.layer_norm, tmp,
+        )  # fmt: skip
 
     def _step(self, h, c, acts, st, cn, xw, hw, h0, c0, active, tmp):
         p = self._p
@@ -399,6 +424,14 @@ class GRU(_Cell):
             np.empty((2, 3 * H), dt),
         )
 
+    def _steps(self, h, c, acts, st, cn, xw, hw, Wh, active, tmp):
+        p = self._p
+        _k.gru_steps(
+            h, acts, st, xw, hw, Wh, p("ln_x_g"), p("ln_x_b"), p("ln_h_g"), p("ln_h_b"),
+            p("ln_xn_g"), p("ln_xn_b"), p("ln_hn_g"), p("ln_hn_b"), p("bx"), p("bh"), active,
+            self.eps, self.layer_norm, tmp,
+        )  # fmt: skip
+
     def _step(self, h, c, acts, st, cn, xw, hw, h0, c0, active, tmp):
         p = self._p
         _k.gru_step(
@@ -480,6 +513,11 @@ class RNN(_Cell):
     def _buffers(self, T, B):
         e = self._empty
         return e, np.zeros((T, B, 2), self.dtype), e, e
+
+    def _steps(self, h, c, acts, st, cn, xw, hw, Wh, active, tmp):
+        g = self._p("ln_g") if self.layer_norm else self._empty
+        b = self._p("ln_b") if self.layer_norm else self._p("b")
+        _k.rnn_steps(h, st, xw, hw, Wh, g, b, active, self.eps, self.layer_norm)
 
     def _step(self, h, c, acts, st, cn, xw, hw, h0, c0, active, tmp):
         # xw becomes a = x_t Wx + h_{t-1} Wh (saved for the backward pass)
