@@ -8,7 +8,7 @@
   products alone on the same weights (x Wx and h Wh through NumPy: the floor of a step, which
   is weight-bandwidth bound).
 torch.nn.LSTM (no LN, fused) is timed too, for context; and every plain cell (RNN, LSTM, GRU with
-layer_norm=False) against the torch.nn cell that computes the same thing. Figures are medians
+layer_norm=False) against the torch.nn cell that computes the same thing. Figures are the fastest
 of interleaved rounds.
 """
 
@@ -23,7 +23,7 @@ import numpy as np
 import lnnumba
 
 sys.path.insert(0, str(Path(__file__).parent))
-from compare import median_times  # noqa: E402
+from compare import best_times  # noqa: E402
 
 try:
     import torch
@@ -57,7 +57,7 @@ def torch_ln_lstm(params, H):
 def _time_cell(case, cell, T, B, train, peers, rng, mt, rep):
     """Times ``cell`` (forward, + backward when ``train``) on seeded data of (T, B, I) side by
     side with ``peers`` (name -> function (x, G) -> callable, given the same data as torch
-    tensors). Returns (result dict, median seconds per name)."""
+    tensors). Returns (result dict, seconds per name)."""
     I, H = cell.input_size, cell.hidden_size
     x = rng.standard_normal((T, B, I)).astype(np.float32)
     G = rng.standard_normal((T, B, H)).astype(np.float32)
@@ -71,7 +71,7 @@ def _time_cell(case, cell, T, B, train, peers, rng, mt, rep):
     if torch is not None:
         tx, tG = torch.from_numpy(x), torch.from_numpy(G)
         f.update({name: make(tx, tG) for name, make in peers.items()})
-    t = median_times(f, mt, rep)
+    t = best_times(f, mt, rep)
     r = {"case": case, "T": T, "B": B, "I": I, "H": H, "ms": {k: v * 1e3 for k, v in t.items()}}
     return r, t
 
@@ -145,7 +145,7 @@ def bench_step(H, rng, mt, rep):
     state = cell.step(xt)
     Wx, Wh = cell.params["Wx"], cell.params["Wh"]
     h = state[0]
-    t = median_times(
+    t = best_times(
         {"step": lambda: cell.step(xt, state), "matvecs": lambda: (xt @ Wx, h @ Wh)}, mt, rep
     )
     return {

@@ -4,7 +4,7 @@ side by side with the same model in eager PyTorch + autograd + Adam, in one proc
     python benchmarks/char_lm_speed.py
 
 One training step = forward, backward, gradient clipping and an Adam update on a window of
-B*T characters; reported as characters per second (median of interleaved rounds).
+B*T characters; reported as characters per second (fastest of interleaved rounds).
 """
 
 import importlib.util
@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from compare import median_times  # noqa: E402
+from compare import best_times  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 spec = importlib.util.spec_from_file_location("char_lm", ROOT / "examples" / "char_lm.py")
@@ -83,7 +83,7 @@ def run():
         tstep = torch_model(char_lm.CharLM(V, H, E, True, 0))
         txs, tys = torch.from_numpy(xs), torch.from_numpy(ys)
         f["torch"] = lambda: tstep(txs, tys)
-    t = median_times(f, 0.2, 7)
+    t = best_times(f, 0.2, 7)
     r = {"B": B, "T": T, "H": H, "chars_per_s": {k: B * T / v for k, v in t.items()}}
     if torch is not None:
         r["vs_torch"] = t["torch"] / t["lnnumba"]

@@ -1,6 +1,6 @@
 """Side-by-side speed of lnnumba's CPU layer norm / RMSNorm against its peers, in one process.
 
-Same arrays, same thread count, median of interleaved repeated rounds. Peers: plain NumPy,
+Same arrays, same thread count, the fastest of interleaved repeated rounds. Peers: plain NumPy,
 PyTorch CPU (when installed) and a parallel copy of the same bytes (the memory roofline: forward
 moves x in and y out, one copy; backward moves x and dy in and dx out, 1.5 copies). The backward's
 bytes are also timed as a triad dx = x + dy, which has the backward's working set: where three
@@ -17,7 +17,6 @@ machine is shared and absolute times move.
 import argparse
 import json
 import platform
-import statistics
 import sys
 import time
 
@@ -102,11 +101,14 @@ def _calls_for(f, min_time):
         n *= 4
 
 
-def median_times(funcs, min_time=0.04, repeat=7):
-    """Median seconds per call of each function in ``funcs`` (a dict name -> f).
+def best_times(funcs, min_time=0.04, repeat=7):
+    """Seconds per call of each function in ``funcs`` (a dict name -> f): the fastest of
+    ``repeat`` rounds, each the mean over enough calls to last ``min_time``.
 
     The functions are timed in interleaved rounds (each round times every function once), so
-    that a slow spell of this shared machine falls on all of them alike and ratios stay fair.
+    that a slow spell of this shared machine falls on all of them alike. Other load on the
+    machine only ever adds time, so the fastest round is the one it disturbed least: the best
+    estimate of each function's own cost, and the most repeatable from run to run.
     """
     counts = {k: _calls_for(f, min_time) for k, f in funcs.items()}
     rounds = {k: [] for k in funcs}
@@ -117,7 +119,7 @@ def median_times(funcs, min_time=0.04, repeat=7):
             for _ in range(n):
                 f()
             rounds[k].append((time.perf_counter() - t0) / n)
-    return {k: statistics.median(v) for k, v in rounds.items()}
+    return {k: min(v) for k, v in rounds.items()}
 
 
 def bench_shape(M, N, dtype, rows, quick):
@@ -165,7 +167,7 @@ def bench_shape(M, N, dtype, rows, quick):
             f["ort_fwd"] = lambda: sess.run(None, feeds)
         except Exception:  # a dtype this ONNX Runtime build does not implement
             pass
-    t = median_times(f, 0.01 if quick else 0.04, 5 if quick else 9)
+    t = best_times(f, 0.01 if quick else 0.04, 5 if quick else 9)
     nbytes = x.nbytes
     r = {
         "shape": f"{M}x{N}",

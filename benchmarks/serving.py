@@ -13,7 +13,7 @@ import numpy as np
 import lnnumba
 
 sys.path.insert(0, str(Path(__file__).parent))
-from compare import median_times  # noqa: E402
+from compare import best_times  # noqa: E402
 
 try:
     import torch
@@ -114,7 +114,7 @@ def run():
             got = sess.run(None, feeds)
             np.testing.assert_allclose(got[0], cell.step(x, st)[0], rtol=1e-4, atol=1e-5)
             f["onnxruntime"] = lambda sess=sess, feeds=feeds: sess.run(None, feeds)
-        t = median_times(f, 0.1, 7)
+        t = best_times(f, 0.1, 7)
         r = {"H": H, "us": {k: v * 1e6 for k, v in t.items()}}
         for k in t:
             if k != "lnnumba":
@@ -125,7 +125,7 @@ def run():
     xs = rng.standard_normal((64, 256)).astype(np.float32)
     sts = cell.step(xs)
     singles = [(xs[i : i + 1], (sts[0][i : i + 1], sts[1][i : i + 1])) for i in range(64)]
-    t = median_times(
+    t = best_times(
         {
             "batched": lambda: cell.step(xs, sts),
             "singles": lambda: [cell.step(a, s) for a, s in singles],
