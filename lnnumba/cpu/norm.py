@@ -37,18 +37,18 @@ FASTMATH = {"reassoc", "contract", "nsz", "arcp"}
 # Below this many elements a call runs serially: a parallel launch costs more than it saves.
 PARALLEL_MIN_ELEMENTS = 1 << 16
 
-# Above this many bytes of input the forward's output pass takes four rows at a time: once x and
-# y outgrow the last-level cache that is faster (about 1.1x at 8192x4096 float32, 128 MB);
-# within the cache, and most of all within L2, where the four rows' x and y lines (4 KB apart
-# for 1024 float32 columns) compete for the same L1 sets, one row at a time is as fast or
-# faster (2x at 256x1024).
+# Above this many bytes of input the forward's output pass takes four rows at a time. Measured
+# side by side: about 1.1x faster at 8192x4096 float32 (128 MB), no faster at 4096x1024 (16 MB),
+# and up to 2x slower on inputs that fit the cores' L2 caches (256x1024), where the one-row pass
+# reads its row straight back from L1.
 FORWARD_BLOCK_MIN_BYTES = 16 << 20
 
 # Backward rows longer than this run the second pass of each block of four rows fused with the
-# first pass of the next (``rows4_backward_fused``): a block of such rows does not fit L1 anyway,
-# and streaming the next block in meanwhile is 1.1x faster at 4096 float32 columns. Shorter
-# rows take the passes one after the other, the second from L1, which is up to 1.1x faster at
-# 1024 float32 columns.
+# first pass of the next (``rows4_backward_fused``), so the next rows stream in from memory while
+# this block computes: 1.1-1.2x faster at 4096 float32 columns. Shorter rows take the passes one
+# after the other, the second reading the block back from L1, which measured up to 1.1x faster
+# at 1024 float32 columns (the eight rows of x and dy that a fused pass touches would not fit
+# L1 there).
 FUSE_MIN_ROW_BYTES = 4096
 
 # Rows per chunk of the backward pass's weight-gradient partial sums (see ``_n_chunks``).
