@@ -271,6 +271,52 @@ def row_backward(dx, dw_acc, db_acc, dy, x, w, m, c, r, a, bb):
         dx[j] = r * (g - a - xh * bb)
 
 
+@njit(inline="always")
+def _col4_terms(dy, x, w, m, j):
+    """Column j of four rows' first-pass terms: x - m and gy = dy * w for each row (dy, x:
+    (4, N); w: (N,) or None; m: 4-tuple). Inlined into its callers' loops, which it shares."""
+    u0 = x[0, j] - m[0]
+    u1 = x[1, j] - m[1]
+    u2 = x[2, j] - m[2]
+    u3 = x[3, j] - m[3]
+    v0 = dy[0, j]
+    v1 = dy[1, j]
+    v2 = dy[2, j]
+    v3 = dy[3, j]
+    if w is not None:
+        wj = w[j]
+        v0 = v0 * wj
+        v1 = v1 * wj
+        v2 = v2 * wj
+        v3 = v3 * wj
+    return u0, u1, u2, u3, v0, v1, v2, v3
+
+
+@njit(inline="always")
+def _col4_grads(dx, dw_acc, db_acc, dy, w, j, h0, h1, h2, h3, r, a, bb):
+    """Column j of four rows' second pass, given their xhat values h0..h3: dx written, dw and db
+    accumulated once for the four rows (arguments as ``rows4_backward``). Inlined into its
+    callers' loops, which it shares."""
+    g0 = dy[0, j]
+    g1 = dy[1, j]
+    g2 = dy[2, j]
+    g3 = dy[3, j]
+    gw0, gw1, gw2, gw3 = g0, g1, g2, g3
+    if w is not None:
+        wj = w[j]
+        gw0 = g0 * wj
+        gw1 = g1 * wj
+        gw2 = g2 * wj
+        gw3 = g3 * wj
+    dw_acc[j] += (g0 * h0 + g1 * h1) + (g2 * h2 + g3 * h3)
+    if db_acc is not None:
+        db_acc[j] += (g0 + g1) + (g2 + g3)
+    dx[0, j] = r[0] * (gw0 - a[0] - h0 * bb[0])
+    dx[1, j] = r[1] * (gw1 - a[1] - h1 * bb[1])
+    dx[2, j] = r[2] * (gw2 - a[2] - h2 * bb[2])
+    dx[3, j] = r[3] * (gw3 - a[3] - h3 * bb[3])
+
+
 @njit(**_jit_reduce)
 def rows4_backward_sums(dy, x, w, m):
     """``row_backward_sums`` of four rows at once. dy, x: (4, N); w: (N,) or None; m: 4-tuple of
@@ -279,20 +325,7 @@ def rows4_backward_sums(dy, x, w, m):
     t = x.dtype.type
     e0 = e1 = e2 = e3 = g0 = g1 = g2 = g3 = q0 = q1 = q2 = q3 = t(0)
     for j in range(x.shape[1]):
-        u0 = x[0, j] - m[0]
-        u1 = x[1, j] - m[1]
-        u2 = x[2, j] - m[2]
-        u3 = x[3, j] - m[3]
-        v0 = dy[0, j]
-        v1 = dy[1, j]
-        v2 = dy[2, j]
-        v3 = dy[3, j]
-        if w is not None:
-            wj = w[j]
-            v0 = v0 * wj
-            v1 = v1 * wj
-            v2 = v2 * wj
-            v3 = v3 * wj
+        u0, u1, u2, u3, v0, v1, v2, v3 = _col4_terms(dy, x, w, m, j)
         e0 += u0
         e1 += u1
         e2 += u2
@@ -323,23 +356,7 @@ def rows4_backward(dx, dw_acc, db_acc, dy, x, w, m, c, r, a, bb):
         h1 = ((x[1, j] - m[1]) - c[1]) * r[1]
         h2 = ((x[2, j] - m[2]) - c[2]) * r[2]
         h3 = ((x[3, j] - m[3]) - c[3]) * r[3]
-        g0 = dy[0, j]
-        g1 = dy[1, j]
-        g2 = dy[2, j]
-        g3 = dy[3, j]
-        dw_acc[j] += (g0 * h0 + g1 * h1) + (g2 * h2 + g3 * h3)
-        if db_acc is not None:
-            db_acc[j] += (g0 + g1) + (g2 + g3)
-        if w is not None:
-            wj = w[j]
-            g0 = g0 * wj
-            g1 = g1 * wj
-            g2 = g2 * wj
-            g3 = g3 * wj
-        dx[0, j] = r[0] * (g0 - a[0] - h0 * bb[0])
-        dx[1, j] = r[1] * (g1 - a[1] - h1 * bb[1])
-        dx[2, j] = r[2] * (g2 - a[2] - h2 * bb[2])
-        dx[3, j] = r[3] * (g3 - a[3] - h3 * bb[3])
+        _col4_grads(dx, dw_acc, db_acc, dy, w, j, h0, h1, h2, h3, r, a, bb)
 
 
 @njit(**_jit_reduce)
@@ -367,35 +384,8 @@ def rows4_backward_fused(
         h1 = (x[1, j] - m[1]) * r[1] - cr[1]
         h2 = (x[2, j] - m[2]) * r[2] - cr[2]
         h3 = (x[3, j] - m[3]) * r[3] - cr[3]
-        g0 = dy[0, j]
-        g1 = dy[1, j]
-        g2 = dy[2, j]
-        g3 = dy[3, j]
-        dw_acc[j] += (g0 * h0 + g1 * h1) + (g2 * h2 + g3 * h3)
-        if db_acc is not None:
-            db_acc[j] += (g0 + g1) + (g2 + g3)
-        u0 = x_next[0, j] - m_next[0]
-        u1 = x_next[1, j] - m_next[1]
-        u2 = x_next[2, j] - m_next[2]
-        u3 = x_next[3, j] - m_next[3]
-        v0 = dy_next[0, j]
-        v1 = dy_next[1, j]
-        v2 = dy_next[2, j]
-        v3 = dy_next[3, j]
-        if w is not None:
-            wj = w[j]
-            g0 = g0 * wj
-            g1 = g1 * wj
-            g2 = g2 * wj
-            g3 = g3 * wj
-            v0 = v0 * wj
-            v1 = v1 * wj
-            v2 = v2 * wj
-            v3 = v3 * wj
-        dx[0, j] = r[0] * (g0 - a[0] - h0 * bb[0])
-        dx[1, j] = r[1] * (g1 - a[1] - h1 * bb[1])
-        dx[2, j] = r[2] * (g2 - a[2] - h2 * bb[2])
-        dx[3, j] = r[3] * (g3 - a[3] - h3 * bb[3])
+        _col4_grads(dx, dw_acc, db_acc, dy, w, j, h0, h1, h2, h3, r, a, bb)
+        u0, u1, u2, u3, v0, v1, v2, v3 = _col4_terms(dy_next, x_next, w, m_next, j)
         e0 += u0
         e1 += u1
         e2 += u2
