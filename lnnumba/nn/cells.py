@@ -81,6 +81,10 @@ class _Cell:
     def _zeros(self, shape):
         return np.zeros(shape, self.dtype)
 
+    def _step_params(self):
+        """The parameters the step kernels (``_step``, ``_steps``) take, in their order."""
+        return tuple(map(self._p, self._step_param_names))
+
     @staticmethod
     def _kernel_loop(B, Wh):
         """Whether the loop over time runs inside one kernel call (``_steps``) rather than as a
@@ -250,26 +254,25 @@ class _Cell:
         st0 = self._check_state(state, B, "step")
         H = self.hidden_size
         e = self._empty
-        lstm = self.n_state == 2
-        Wx, Wh = self._p("Wx"), self._p("Wh")
-        acts, stats, cn, tmp = self._buffers(1, B)
-        xw = x_t @ Wx
         h = np.empty((B, H), self.dtype)
-        c = np.empty((B, H), self.dtype) if lstm else e
+        c = np.empty((B, H), self.dtype) if self.n_state == 2 else e
+        xw = x_t @ self._p("Wx")
+        hw = st0[0] @ self._p("Wh")
+        acts, stats, cn, tmp = self._buffers(1, B)
         self._step(
             h,
             c,
             acts[0] if acts.ndim == 3 else e,
             stats[0],
-            cn[0] if lstm else e,
+            cn[0] if self.n_state == 2 else e,
             xw,
-            st0[0] @ Wh,
+            hw,
             st0[0],
-            st0[1] if lstm else e,
+            st0[1] if self.n_state == 2 else e,
             np.ones(B, bool),
             tmp,
         )
-        return (h, c) if lstm else (h,)
+        return (h, c) if self.n_state == 2 else (h,)
 
     def __repr__(self):
         return (
@@ -291,6 +294,7 @@ class LSTM(_Cell):
     G = 4
     n_state = 2
     _state_names = "h, c"
+    _step_param_names = ("b", "ln_x_g", "ln_x_b", "ln_h_g", "ln_h_b", "ln_c_g", "ln_c_b")
 
     def __init__(
         self,
@@ -328,36 +332,16 @@ class LSTM(_Cell):
         )
 
     def _steps(self, h, c, acts, st, cn, xw, hw, Wh, active, tmp):
-        p = self._p
         _k.lstm_steps(
-            h, c, acts, cn, st, xw, hw, Wh, p("b"), p("ln_x_g"), p("ln_x_b"), p("ln_h_g"),
-            p("ln_h_b"), p("ln_c_g"), p("ln_c_b"), active, self.eps, self.layer_norm, tmp,
+            h, c, acts, cn, st, xw, hw, Wh, *self._step_params(), active, self.eps,
+            self.layer_norm, tmp,
         )  # fmt: skip
 
     def _step(self, h, c, acts, st, cn, xw, hw, h0, c0, active, tmp):
-        p = self._p
         _k.lstm_step(
-            h,
-            c,
-            acts,
-            cn,
-            st,
-            xw,
-            hw,
-            h0,
-            c0,
-            p("b"),
-            p("ln_x_g"),
-            p("ln_x_b"),
-            p("ln_h_g"),
-            p("ln_h_b"),
-            p("ln_c_g"),
-            p("ln_c_b"),
-            active,
-            self.eps,
-            self.layer_norm,
-            tmp,
-        )
+            h, c, acts, cn, st, xw, hw, h0, c0, *self._step_params(), active, self.eps,
+            self.layer_norm, tmp,
+        )  # fmt: skip
 
     def _step_backward(self, t, k, g, dxw, dhw, dh0, dc0, dh, dc, active, tmp):
         p = self._p
@@ -404,6 +388,10 @@ class GRU(_Cell):
     G = 3
     n_state = 1
     _state_names = "h"
+    _step_param_names = (
+        "ln_x_g", "ln_x_b", "ln_h_g", "ln_h_b", "ln_xn_g", "ln_xn_b", "ln_hn_g", "ln_hn_b", "bx",
+        "bh",
+    )  # fmt: skip
 
     def _init_params(self, rng):
         H, dt = self.hidden_size, self.dtype
@@ -425,37 +413,16 @@ class GRU(_Cell):
         )
 
     def _steps(self, h, c, acts, st, cn, xw, hw, Wh, active, tmp):
-        p = self._p
         _k.gru_steps(
-            h, acts, st, xw, hw, Wh, p("ln_x_g"), p("ln_x_b"), p("ln_h_g"), p("ln_h_b"),
-            p("ln_xn_g"), p("ln_xn_b"), p("ln_hn_g"), p("ln_hn_b"), p("bx"), p("bh"), active,
-            self.eps, self.layer_norm, tmp,
+            h, acts, st, xw, hw, Wh, *self._step_params(), active, self.eps, self.layer_norm,
+            tmp,
         )  # fmt: skip
 
     def _step(self, h, c, acts, st, cn, xw, hw, h0, c0, active, tmp):
-        p = self._p
         _k.gru_step(
-            h,
-            acts,
-            st,
-            xw,
-            hw,
-            h0,
-            p("ln_x_g"),
-            p("ln_x_b"),
-            p("ln_h_g"),
-            p("ln_h_b"),
-            p("ln_xn_g"),
-            p("ln_xn_b"),
-            p("ln_hn_g"),
-            p("ln_hn_b"),
-            p("bx"),
-            p("bh"),
-            active,
-            self.eps,
-            self.layer_norm,
+            h, acts, st, xw, hw, h0, *self._step_params(), active, self.eps, self.layer_norm,
             tmp,
-        )
+        )  # fmt: skip
 
     def _step_backward(self, t, k, g, dxw, dhw, dh0, dc0, dh, dc, active, tmp):
         p = self._p
@@ -514,16 +481,19 @@ class RNN(_Cell):
         e = self._empty
         return e, np.zeros((T, B, 2), self.dtype), e, e
 
+    def _step_params(self):
+        """The parameters the step kernels take, in their order: LN gain and shift, or (none
+        and) the plain bias."""
+        if self.layer_norm:
+            return self._p("ln_g"), self._p("ln_b")
+        return self._empty, self._p("b")
+
     def _steps(self, h, c, acts, st, cn, xw, hw, Wh, active, tmp):
-        g = self._p("ln_g") if self.layer_norm else self._empty
-        b = self._p("ln_b") if self.layer_norm else self._p("b")
-        _k.rnn_steps(h, st, xw, hw, Wh, g, b, active, self.eps, self.layer_norm)
+        _k.rnn_steps(h, st, xw, hw, Wh, *self._step_params(), active, self.eps, self.layer_norm)
 
     def _step(self, h, c, acts, st, cn, xw, hw, h0, c0, active, tmp):
         # xw becomes a = x_t Wx + h_{t-1} Wh (saved for the backward pass)
-        g = self._p("ln_g") if self.layer_norm else self._empty
-        b = self._p("ln_b") if self.layer_norm else self._p("b")
-        _k.rnn_step(h, st, xw, hw, h0, g, b, active, self.eps, self.layer_norm)
+        _k.rnn_step(h, st, xw, hw, h0, *self._step_params(), active, self.eps, self.layer_norm)
 
     def _step_backward(self, t, k, g, dxw, dhw, dh0, dc0, dh, dc, active, tmp):
         gain = self._p("ln_g") if self.layer_norm else self._empty
