@@ -534,6 +534,7 @@ def _backward_rows(dx, dw_acc, db_acc, dy, x, mean, rstd, w, lo, hi):
     center = mean is not None
     n = x.shape[1]
     nb = (hi - lo) // 4
+    fuse = n * x.itemsize > FUSE_MIN_ROW_BYTES
     if nb > 0:
         m = _means4(mean, lo, t)
         sums = rows4_backward_sums(dy[lo : lo + 4], x[lo : lo + 4], w, m)
@@ -541,7 +542,7 @@ def _backward_rows(dx, dw_acc, db_acc, dy, x, mean, rstd, w, lo, hi):
             i = lo + 4 * k
             m_next = _means4(mean, i + 4, t)
             c, cr, r, a, bb = _coefs4(n, rstd, i, sums, center, t)
-            if n * x.itemsize > FUSE_MIN_ROW_BYTES:
+            if fuse:
                 sums = rows4_backward_fused(
                     dx[i : i + 4], dw_acc, db_acc, dy[i : i + 4], x[i : i + 4], w,
                     m, cr, r, a, bb, dy[i + 4 : i + 8], x[i + 4 : i + 8], m_next,
