@@ -5,7 +5,8 @@
 - inference: T=100, B=1, I=128, H=256, forward only (PyTorch under no_grad);
 - training: T=100, B=32, I=256, H=512, forward + backward (PyTorch autograd);
 - step latency at B=1, H=256 and 1024 (I=H), next to the time of its two matrix-vector
-  products alone on the same weights (x Wx and h Wh through NumPy: the floor of a step, which
+  products alone on the same weights (x Wx and h Wh, the faster of NumPy's BLAS and lnnumba's
+  ``matvec_pair`` split over the cores: the floor of a step, which
   is weight-bandwidth bound).
 torch.nn.LSTM (no LN, fused) is timed too, for context; and every plain cell (RNN, LSTM, GRU with
 layer_norm=False) against the torch.nn cell that computes the same thing. Figures are the fastest
@@ -125,10 +126,16 @@ def describe(r):
             line += f", torch.nn {ms['torch_nn']:.2f} ms ({r['vs_torch_nn']:.2f}x)"
         return line
     if r["case"] == "step":
-        return (
+        line = (
             f"step B=1 H={r['H']}: {ms['step'] * 1e3:.1f} us, its two matrix-vector products "
             f"alone {ms['matvecs'] * 1e3:.1f} us ({r['of_floor']:.2f}x the floor)"
         )
+        if "matvecs_split" in ms:
+            line += (
+                f"; the products through BLAS {ms['matvecs_blas'] * 1e3:.1f} us, split over the"
+                f" cores (matvec_pair) {ms['matvecs_split'] * 1e3:.1f} us"
+            )
+        return line
     line = head + f"{ms['lnnumba']:.2f} ms"
     if "vs_torch_eager" in r:
         line += (
@@ -140,14 +147,25 @@ def describe(r):
 
 
 def bench_step(H, rng, mt, rep):
+    from lnnumba.cpu.cells import matvec_pair
+
     cell = lnnumba.LSTM(H, H, seed=0)
     xt = rng.standard_normal((1, H)).astype(np.float32)
     state = cell.step(xt)
     Wx, Wh = cell.params["Wx"], cell.params["Wh"]
     h = state[0]
+    xw, hw = np.empty(4 * H, np.float32), np.empty(4 * H, np.float32)
+    nt = numba.get_num_threads()
     t = best_times(
-        {"step": lambda: cell.step(xt, state), "matvecs": lambda: (xt @ Wx, h @ Wh)}, mt, rep
+        {
+            "step": lambda: cell.step(xt, state),
+            "matvecs_blas": lambda: (xt @ Wx, h @ Wh),
+            "matvecs_split": lambda: matvec_pair(xw, hw, xt[0], h[0], Wx, Wh, nt),
+        },
+        mt,
+        rep,
     )
+    t["matvecs"] = min(t["matvecs_blas"], t["matvecs_split"])
     return {
         "case": "step",
         "H": H,

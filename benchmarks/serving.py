@@ -27,8 +27,10 @@ except ImportError:
     ort = None
 
 
-def onnx_step(cell):
-    """An ONNX Runtime session computing one step of ``cell`` (an LN-LSTM): (x, h, c) -> (h, c)."""
+def onnx_step(cell, threads=None):
+    """An ONNX Runtime session computing one step of ``cell`` (an LN-LSTM): (x, h, c) -> (h, c).
+    threads: None for ONNX Runtime's default (one intra-op thread per core, spinning between
+    calls), or that many intra-op threads, not spinning."""
     p = {k: v.astype(np.float32) for k, v in cell.params.items()}
     H = cell.hidden_size
     inits = [numpy_helper.from_array(v, name=k) for k, v in p.items()]
@@ -73,8 +75,9 @@ def onnx_step(cell):
     # version an older ONNX Runtime refuses to load
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if threads is not None:
+        opts.intra_op_num_threads = threads
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
 
 
@@ -109,11 +112,12 @@ def run():
             tx, th, tc = (torch.from_numpy(a) for a in (x, *st))
             f["torch_eager"] = lambda ts=ts, tx=tx, th=th, tc=tc: ts(tx, th, tc)
         if ort is not None:
-            sess = onnx_step(cell)
             feeds = {"x": x, "h": st[0], "c": st[1]}
-            got = sess.run(None, feeds)
-            np.testing.assert_allclose(got[0], cell.step(x, st)[0], rtol=1e-4, atol=1e-5)
-            f["onnxruntime"] = lambda sess=sess, feeds=feeds: sess.run(None, feeds)
+            for name, threads in (("onnxruntime", None), ("onnxruntime_1thread", 1)):
+                sess = onnx_step(cell, threads)
+                got = sess.run(None, feeds)
+                np.testing.assert_allclose(got[0], cell.step(x, st)[0], rtol=1e-4, atol=1e-5)
+                f[name] = lambda sess=sess, feeds=feeds: sess.run(None, feeds)
         t = best_times(f, 0.1, 7)
         r = {"H": H, "us": {k: v * 1e6 for k, v in t.items()}}
         for k in t:
@@ -152,7 +156,11 @@ def describe(r):
         )
     us = r["us"]
     line = f"LN-LSTM step B=1 I=H={r['H']}: lnnumba {us['lnnumba']:.1f} us"
-    for k, name in (("torch_eager", "eager PyTorch"), ("onnxruntime", "ONNX Runtime")):
+    for k, name in (
+        ("torch_eager", "eager PyTorch"),
+        ("onnxruntime", "ONNX Runtime"),
+        ("onnxruntime_1thread", "ONNX Runtime on one thread"),
+    ):
         if k in us:
             line += f", {name} {us[k]:.1f} us ({r['vs_' + k]:.2f}x)"
     return line

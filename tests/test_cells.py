@@ -117,6 +117,67 @@ def test_batch_of_one_loop_in_one_kernel_call(kind, cls, ln, dtype, rng, monkeyp
         np.testing.assert_allclose(s[0], hs[t], rtol=tol, atol=tol)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("I,H,G", [(5, 5, 8), (3, 9, 12), (9, 2, 6), (1, 1, 3), (16, 8, 33)])
+@pytest.mark.parametrize("nt", [1, 2, 3, 5])
+def test_matvec_pair(I, H, G, nt, dtype, rng):
+    # the rows of [Wx; Wh] split into nt blocks, in every way: a block inside one matrix, one
+    # spanning both, a matrix held whole by one task or summed from several
+    from lnnumba.cpu.cells import matvec_pair
+
+    nt = min(nt, I + H)
+    x, h = rng.standard_normal(I).astype(dtype), rng.standard_normal(H).astype(dtype)
+    Wx, Wh = rng.standard_normal((I, G)).astype(dtype), rng.standard_normal((H, G)).astype(dtype)
+    xw, hw = np.full(G, np.nan, dtype), np.full(G, np.nan, dtype)
+    matvec_pair(xw, hw, x, h, Wx, Wh, nt)
+    tol = 1e-12 if dtype == np.float64 else 1e-5
+    np.testing.assert_allclose(xw, x.astype(np.float64) @ Wx, rtol=tol, atol=tol)
+    np.testing.assert_allclose(hw, h.astype(np.float64) @ Wh, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("kind,cls", CELLS)
+@pytest.mark.parametrize("ln", [True, False])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_batch_of_one_step_with_split_products(kind, cls, ln, dtype, rng, monkeypatch):
+    # a batch-of-one step with its products split over threads (forced here on small weights,
+    # with one to five tasks) gives the BLAS step's result, and the reference's
+    cell = make_cell(cls, ln, dtype, I=5, H=6)
+    x = rng.standard_normal((3, 1, 5)).astype(dtype)
+    st = rand_state(cell, 1, rng, dtype)
+    hs_ref, _ = R.cell_forward(kind, cell.params, x, st, np.array([3]), ln)
+    tol = 1e-12 if dtype == np.float64 else 2e-5
+    Wx, Wh = cell.params["Wx"], cell.params["Wh"]
+    monkeypatch.setattr(NC, "STEP_SPLIT_MIN_BYTES", 10**9)  # BLAS
+    assert not cell._split_products(Wx, Wh)
+    want = [cell.step(x[0], st)]
+    for t in (1, 2):
+        want.append(cell.step(x[t], want[-1]))
+    monkeypatch.setattr(NC, "STEP_SPLIT_MIN_BYTES", 0)
+    assert cell._split_products(Wx, Wh)
+    for tasks in (1, 2, 3, 5):
+        monkeypatch.setattr(NC, "_MAX_THREADS", tasks)
+        monkeypatch.setattr(NC, "STEP_TASK_MIN_BYTES", 1)
+        s = st
+        for t in range(3):
+            s = cell.step(x[t], s)
+            np.testing.assert_allclose(s[0], hs_ref[t], rtol=tol, atol=tol)
+            for a, b in zip(s, want[t]):
+                np.testing.assert_allclose(a, b, rtol=tol, atol=tol)
+    for tasks, task_bytes in ((2, 10**9), (10**6, 1)):  # rounded down to 0 tasks; over I + H
+        monkeypatch.setattr(NC, "_MAX_THREADS", tasks)
+        monkeypatch.setattr(NC, "STEP_TASK_MIN_BYTES", task_bytes)
+        s = cell.step(x[0], st)
+        np.testing.assert_allclose(s[0], hs_ref[0], rtol=tol, atol=tol)
+
+
+def test_split_step_chosen_by_weight_size():
+    # LSTM I=H=256 float32 (2 MB of weights) splits its step's products; I=H=32 (64 KB) and
+    # I=H=1024 (32 MB) call BLAS
+    for H, split in ((32, False), (256, True), (1024, False)):
+        cell = L.LSTM(H, H, seed=0)
+        assert cell._split_products(cell.params["Wx"], cell.params["Wh"]) == split
+
+
 @pytest.mark.parametrize("kind,cls", CELLS)
 @pytest.mark.parametrize("ln", [True, False])
 def test_two_chunks_equal_one_run(kind, cls, ln, rng):
@@ -216,7 +277,8 @@ def test_params_updated_in_place_are_used(rng):
     assert not np.allclose(before, after)
 
 
-def test_inputs_are_not_modified(rng):
+def test_inputs_are_not_modified(rng, monkeypatch):
+    monkeypatch.setattr(NC, "STEP_SPLIT_MIN_BYTES", 0)  # the batch-of-one step splits too
     cell = make_cell(L.LSTM, True)
     x = rng.standard_normal((3, 2, 3))
     st = rand_state(cell, 2, rng)
@@ -226,6 +288,7 @@ def test_inputs_are_not_modified(rng):
     Gc = G.copy()
     cell.backward(G, cache, st)
     cell.step(x[0], st)
+    cell.step(x[0, :1], tuple(s[:1] for s in st))
     for a, c in zip([x, *st], copies):
         np.testing.assert_array_equal(a, c)
     np.testing.assert_array_equal(G, Gc)
@@ -328,9 +391,13 @@ def test_float32_backward_matches_float64(kind, cls, ln, rng):
     np.testing.assert_allclose(s32[0], s64[0], rtol=1e-4, atol=1e-5)
 
 
-def test_concurrent_steps_on_one_cell(rng):
+@pytest.mark.parametrize("split", [False, True])
+def test_concurrent_steps_on_one_cell(split, rng, monkeypatch):
+    # with split products, one thread at a time runs them in parallel and the others call BLAS
     from concurrent.futures import ThreadPoolExecutor
 
+    if split:
+        monkeypatch.setattr(NC, "STEP_SPLIT_MIN_BYTES", 0)
     cell = L.LSTM(16, 32, seed=0)
     xs = [rng.standard_normal((20, 1, 16)).astype(np.float32) for _ in range(8)]
 

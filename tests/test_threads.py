@@ -23,12 +23,21 @@ SCRIPT = textwrap.dedent(
     xs = [rng.standard_normal((256, 512)).astype(np.float32) for _ in range(8)]
     want = [R.layer_norm_forward(x)[0] for x in xs]
     dys = [rng.standard_normal(x.shape).astype(np.float32) for x in xs]
+    # a batch-of-one step whose products are split over the threads (matvec_pair)
+    cell = L.LSTM(256, 256, seed=0)
+    assert cell._split_products(cell.params["Wx"], cell.params["Wh"])
+    seq = rng.standard_normal((5, 1, 256)).astype(np.float32)
+    want_h = cell.forward(seq)[1][0]
 
     def work(i):
         for _ in range(20):
             y, m, r = L.layer_norm_forward(xs[i])
             L.layer_norm_backward(dys[i], xs[i], m, r)
             L.rms_norm(xs[i])
+            s = None
+            for t in range(5):
+                s = cell.step(seq[t], s)
+            assert np.abs(s[0] - want_h).max() < 1e-4
         return float(np.abs(y - want[i]).max())
 
     with ThreadPoolExecutor(8) as ex:

@@ -5,8 +5,9 @@ The matrix products themselves (the input projection of all steps as one GEMM, t
 one GEMM per step) are BLAS calls made by the caller (``lnnumba.nn.cells``), except for a batch
 of one with a small recurrent matrix: there the ``*_steps`` kernels run the whole loop over time,
 recurrent matrix-vector product included (``matvec``), in one call, which saves a BLAS call and
-a kernel launch per step. Layer norm is the row routine of ``cpu.norm`` (``row_ln`` /
-``row_ln_backward``), the same code ``layer_norm`` runs.
+a kernel launch per step; and for ``step`` at batch one: the ``*_step_one`` kernels compute both
+products (``matvec_pair``, split over the cores) and the step in one call. Layer norm is the row
+routine of ``cpu.norm`` (``row_ln`` / ``row_ln_backward``), the same code ``layer_norm`` runs.
 
 Shapes: B batch, H hidden size, G = 4 (LSTM), 3 (GRU) or 1 (RNN) gate blocks.
 ``active`` (B,) bool: rows whose sequence has not ended at this step; for the others the state is
@@ -17,7 +18,7 @@ Gradient accumulators (``d*_acc``) are added to (``+=``); zeroing is the caller'
 """
 
 import numpy as np
-from numba import njit, types
+from numba import njit, prange, types
 from numba.extending import overload
 
 from .norm import row_ln, row_ln_backward
@@ -28,32 +29,107 @@ from .norm import row_ln, row_ln_backward
 _jit = dict(nogil=True, cache=True, error_model="numpy")
 
 
-@njit(nogil=True, cache=True, fastmath={"contract", "nsz", "reassoc", "arcp"})
-def matvec(y, a, W):
-    """y = a @ W for one row. y: (G,) out; a: (K,); W: (K, G) C-contiguous.
+# Matrix-vector products: reassociation lets LLVM vectorize the sums over eight rows.
+_jit_matvec = dict(nogil=True, cache=True, fastmath={"contract", "nsz", "reassoc", "arcp"})
 
-    Four rows of W at a time, so y (in L1) is loaded and stored once per four rows of W; the
-    loop over G vectorizes. As fast as BLAS while W fits in the core's L2 cache (the callers
-    take it only then).
+
+@njit(**_jit_matvec)
+def matvec_rows(y, a, W, k0, k1):
+    """y = a[k0:k1] @ W[k0:k1] for one row. y: (G,) out; a: (K,); W: (K, G) C-contiguous.
+
+    Eight rows of W at a time, so y (in L1) is loaded and stored once per eight rows of W, and W
+    streams through in memory order; the loop over G vectorizes. As fast as BLAS while W fits in
+    the core's L2 cache (the callers take it only then).
     """
-    K, G = W.shape
+    G = W.shape[1]
     t = y.dtype.type
     for j in range(G):
         y[j] = t(0)
-    i = 0
-    while i + 4 <= K:
-        a0 = a[i]
-        a1 = a[i + 1]
-        a2 = a[i + 2]
-        a3 = a[i + 3]
+    i = k0
+    while i + 8 <= k1:
+        a0, a1, a2, a3 = a[i], a[i + 1], a[i + 2], a[i + 3]
+        a4, a5, a6, a7 = a[i + 4], a[i + 5], a[i + 6], a[i + 7]
+        w0, w1, w2, w3 = W[i], W[i + 1], W[i + 2], W[i + 3]
+        w4, w5, w6, w7 = W[i + 4], W[i + 5], W[i + 6], W[i + 7]
         for j in range(G):
-            y[j] += (a0 * W[i, j] + a1 * W[i + 1, j]) + (a2 * W[i + 2, j] + a3 * W[i + 3, j])
-        i += 4
-    while i < K:
+            y[j] += ((a0 * w0[j] + a1 * w1[j]) + (a2 * w2[j] + a3 * w3[j])) + (
+                (a4 * w4[j] + a5 * w5[j]) + (a6 * w6[j] + a7 * w7[j])
+            )
+        i += 8
+    while i < k1:
         a0 = a[i]
+        w0 = W[i]
         for j in range(G):
-            y[j] += a0 * W[i, j]
+            y[j] += a0 * w0[j]
         i += 1
+
+
+@njit(**_jit_matvec)
+def matvec(y, a, W):
+    """y = a @ W for one row. y: (G,) out; a: (K,); W: (K, G) C-contiguous."""
+    matvec_rows(y, a, W, 0, W.shape[0])
+
+
+@njit(**_jit_matvec)
+def _matvec_pair_task(xw, hw, part, x, h, Wx, Wh, k, nt):
+    """Task k of ``matvec_pair``: rows k*K/nt .. (k+1)*K/nt - 1 of [Wx; Wh] (K = I + H rows).
+    A matrix the task covers whole goes straight into its output, a part of one into
+    part[k, 0] (Wx) or part[k, 1] (Wh)."""
+    I = Wx.shape[0]
+    K = I + Wh.shape[0]
+    k0 = k * K // nt
+    k1 = (k + 1) * K // nt
+    if k0 < I:
+        if k0 == 0 and k1 >= I:
+            matvec_rows(xw, x, Wx, 0, I)
+        else:
+            matvec_rows(part[k, 0], x, Wx, k0, min(k1, I))
+    if k1 > I:
+        if k0 <= I and k1 == K:
+            matvec_rows(hw, h, Wh, 0, K - I)
+        else:
+            matvec_rows(part[k, 1], h, Wh, max(k0 - I, 0), k1 - I)
+
+
+@njit(**_jit_matvec)
+def _sum_parts(y, part, m, I, K, nt):
+    """y = the sum of part[k, m] over the tasks k that hold a part of matrix m (rows I .. K-1
+    of the stacked K rows for m = 1, 0 .. I-1 for m = 0), when more than one task does."""
+    lo = 0 if m == 0 else I
+    hi = I if m == 0 else K
+    first = lo * nt // K  # the first task whose rows reach [lo, hi)
+    while (first + 1) * K // nt <= lo:
+        first += 1
+    last = first
+    while (last + 1) * K // nt < hi:
+        last += 1
+    if last == first:
+        return  # one task held the whole matrix and wrote y itself
+    G = y.shape[0]
+    for j in range(G):
+        y[j] = part[first, m, j]
+    for k in range(first + 1, last + 1):
+        pk = part[k, m]
+        for j in range(G):
+            y[j] += pk[j]
+
+
+@njit(parallel=True, **_jit_matvec)
+def matvec_pair(xw, hw, x, h, Wx, Wh, nt):
+    """xw = x @ Wx and hw = h @ Wh for one row, the rows of [Wx; Wh] split into ``nt``
+    contiguous blocks, one task each: with a task per core, each core streams its share of the
+    weights, which stays in its own L2 cache from call to call (a recurrent step at batch one).
+
+    xw, hw: (G,) out; x: (I,); h: (H,); Wx: (I, G), Wh: (H, G) C-contiguous; nt: tasks, 1 to
+    I + H.
+    """
+    I = Wx.shape[0]
+    K = I + Wh.shape[0]
+    part = np.empty((nt, 2, xw.shape[0]), xw.dtype)  # (nt, 2, G) the tasks' partial products
+    for k in prange(nt):
+        _matvec_pair_task(xw, hw, part, x, h, Wx, Wh, k, nt)
+    _sum_parts(xw, part, 0, I, K, nt)
+    _sum_parts(hw, part, 1, I, K, nt)
 
 
 def _tanh(v):
@@ -169,6 +245,21 @@ def lstm_steps(h, c, acts, cn, st, xw, hw, Wh, b, gx, bx, gh, bh, gc, bc, active
             h[t + 1], c[t + 1], acts[t], cn[t], st[t], xw[t], hw[t], h[t], c[t],
             b, gx, bx, gh, bh, gc, bc, active[t], eps, ln, tmp,
         )  # fmt: skip
+
+
+@njit(**_jit)
+def lstm_step_one(
+    h, c, acts, cn, st, xw, hw, x, h0, c0, Wx, Wh, b, gx, bx, gh, bh, gc, bc, active, eps, ln, tmp,
+    nt,
+):  # fmt: skip
+    """``lstm_step`` for a batch of one, with its products xw = x Wx and hw = h0 Wh
+    (``matvec_pair``, ``nt`` tasks) in the same call: the inference step of a small model.
+
+    xw, hw: (1, 4H) out; x: (1, I); Wx: (I, 4H); Wh: (H, 4H); the
+    rest as ``lstm_step``.
+    """
+    matvec_pair(xw[0], hw[0], x[0], h0[0], Wx, Wh, nt)
+    lstm_step(h, c, acts, cn, st, xw, hw, h0, c0, b, gx, bx, gh, bh, gc, bc, active, eps, ln, tmp)
 
 
 @njit(**_jit)
@@ -322,6 +413,21 @@ def gru_steps(
 
 
 @njit(**_jit)
+def gru_step_one(
+    h, acts, st, xw, hw, x, h0, Wx, Wh, gx, bx, gh, bh, gxn, bxn, ghn, bhn, bxp, bhp, active, eps,
+    ln, tmp, nt,
+):  # fmt: skip
+    """``gru_step`` for a batch of one, with its products (``matvec_pair``, ``nt`` tasks) in the
+    same call. xw, hw: (1, 3H) out; x: (1, I); Wx: (I, 3H); Wh: (H, 3H); the rest as
+    ``gru_step``.
+    """
+    matvec_pair(xw[0], hw[0], x[0], h0[0], Wx, Wh, nt)
+    gru_step(
+        h, acts, st, xw, hw, h0, gx, bx, gh, bh, gxn, bxn, ghn, bhn, bxp, bhp, active, eps, ln, tmp
+    )
+
+
+@njit(**_jit)
 def gru_step_backward(
     dxw,
     dhw,
@@ -443,6 +549,15 @@ def rnn_steps(h, st, xw, hw, Wh, g, b, active, eps, ln):
         for r in range(h.shape[1]):
             matvec(hw[t, r], h[t, r], Wh)
         rnn_step(h[t + 1], st[t], xw[t], hw[t], h[t], g, b, active[t], eps, ln)
+
+
+@njit(**_jit)
+def rnn_step_one(h, st, xw, hw, x, h0, Wx, Wh, g, b, active, eps, ln, nt):
+    """``rnn_step`` for a batch of one, with its products (``matvec_pair``, ``nt`` tasks) in the
+    same call. xw, hw: (1, H) out; x: (1, I); Wx: (I, H); Wh: (H, H); the rest as ``rnn_step``.
+    """
+    matvec_pair(xw[0], hw[0], x[0], h0[0], Wx, Wh, nt)
+    rnn_step(h, st, xw, hw, h0, g, b, active, eps, ln)
 
 
 @njit(**_jit)

@@ -360,9 +360,7 @@ def rows4_backward(dx, dw_acc, db_acc, dy, x, w, m, c, r, a, bb):
 
 
 @njit(**_jit_reduce)
-def rows4_backward_fused(
-    dx, dw_acc, db_acc, dy, x, w, m, cr, r, a, bb, dy_next, x_next, m_next
-):
+def rows4_backward_fused(dx, dw_acc, db_acc, dy, x, w, m, cr, r, a, bb, dy_next, x_next, m_next):
     """``rows4_backward`` fused with the first pass of the next four rows.
 
     dx: (4, N) out; dw_acc: (N,) accumulator of x's dtype; db_acc: (N,) accumulator or None;
@@ -626,14 +624,15 @@ def backward_parallel(dx, dw, db, part_w, part_b, dy, x, mean, rstd, w):
 # ---------------------------------------------------------------------------------------------
 # Choosing a driver. Numba's ``workqueue`` threading layer aborts the process when parallel
 # functions are entered from several threads at once, so at most one thread at a time runs a
-# parallel driver; a thread that finds it busy runs the serial driver instead (kernels release
-# the GIL, so concurrent callers still run in parallel with each other).
+# parallel kernel (these drivers, and the cells' ``matvec_pair``), holding ``parallel_lock``; a
+# thread that finds it busy runs the serial driver (or BLAS) instead. Kernels release the GIL,
+# so concurrent callers still run in parallel with each other.
 # ---------------------------------------------------------------------------------------------
 
-_parallel_lock = threading.Lock()
+parallel_lock = threading.Lock()
 
 
-def _entry_point(dispatcher, args):
+def entry_point(dispatcher, args):
     """The compiled function that ``dispatcher(*args)`` runs, callable without Numba's per-call
     type dispatch (a third of the cost of a batch-1 call). Compiles, or loads from the on-disk
     cache, on first use."""
@@ -659,16 +658,16 @@ def forward(y, mean, rstd, x, w, b, eps, center):
         if f is None:
             args = (y, mean, rstd, x, w, b, eps, center, False, 1)
             f = _forward_entries[(x.dtype, mean is None, rstd is None, w is None, b is None)] = (
-                _entry_point(forward_serial, args)
+                entry_point(forward_serial, args)
             )
         f(y, mean, rstd, x, w, b, eps, center, False, 1)
         return
     block = x.nbytes > FORWARD_BLOCK_MIN_BYTES
-    if x.shape[0] > 1 and _parallel_lock.acquire(False):
+    if x.shape[0] > 1 and parallel_lock.acquire(False):
         try:
             forward_parallel(y, mean, rstd, x, w, b, eps, center, block, get_num_threads())
         finally:
-            _parallel_lock.release()
+            parallel_lock.release()
     else:
         forward_serial(y, mean, rstd, x, w, b, eps, center, block, 1)
 
@@ -699,10 +698,10 @@ def backward(dx, dw, db, dy, x, mean, rstd, w):
     part_w, part_b = _scratch_partials(nc, N, x.dtype)  # (nc, N) per-chunk partial sums
     if db is None:
         part_b = None
-    if nc > 1 and x.size >= PARALLEL_MIN_ELEMENTS and _parallel_lock.acquire(False):
+    if nc > 1 and x.size >= PARALLEL_MIN_ELEMENTS and parallel_lock.acquire(False):
         try:
             backward_parallel(dx, dw, db, part_w, part_b, dy, x, mean, rstd, w)
         finally:
-            _parallel_lock.release()
+            parallel_lock.release()
     else:
         backward_serial(dx, dw, db, part_w, part_b, dy, x, mean, rstd, w)

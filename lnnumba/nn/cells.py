@@ -7,22 +7,44 @@ recurrence as one GEMM per step; everything between them is one fused ``@njit`` 
 one with a recurrent matrix of at most ``KERNEL_LOOP_MAX_BYTES`` (the inference path of a small
 model) runs the loop over time in one kernel call instead, recurrent product included: per step
 that saves a BLAS call and a kernel launch, which cost as much as the step's own arithmetic.
+``step`` at batch one (the serving path) runs in one kernel call too, with its two products split
+over the cores (``matvec_pair``) when the weights fit their L2 caches (see
+``STEP_SPLIT_MIN_BYTES``).
 
 Shapes: x (T, B, I) time-major; hs (T, B, H); states are tuples, ``(h, c)`` for the LSTM and
 ``(h,)`` for the GRU and RNN, each (B, H); ``None`` means zeros.
 """
 
+import threading
 from typing import NamedTuple
 
+import numba
 import numpy as np
 
 from .. import _args
 from ..cpu import cells as _k
+from ..cpu.norm import parallel_lock
 
 # Largest recurrent matrix Wh (bytes) for which a batch of one runs its loop over time inside one
 # kernel call, with the kernel's own matrix-vector product: up to about a core's L2 cache it is
 # as fast as BLAS; past it BLAS is faster (LSTM H=256 float32: Wh is 1 MB).
 KERNEL_LOOP_MAX_BYTES = 1 << 20
+
+# Per-thread scratch of the batch-of-one ``step`` (``_Cell._one_scratch``).
+_one_scratch = threading.local()
+
+# Weights (Wx and Wh together, bytes) for which a batch-of-one ``step`` splits its two
+# matrix-vector products over the cores, each streaming its share from its own L2 cache
+# (``matvec_pair``), instead of calling BLAS. Measured side by side on 2 cores: 2.5-4x faster
+# than BLAS at LSTM I=H=256 (2 MB float32, 4 MB float64), 1.3x at I=H=128; slower at I=H=64
+# (128 KB float32), where the parallel launch costs more than it saves; no faster from
+# I=H=512 (8 MB float32), once the weights outgrow the L2 caches and come from memory.
+STEP_SPLIT_MIN_BYTES = 256 << 10
+STEP_SPLIT_MAX_BYTES = 8 << 20
+# The split gives each task at least this many bytes of weights (at most one task per thread):
+# below it a task's share costs less than starting it.
+STEP_TASK_MIN_BYTES = 128 << 10
+_MAX_THREADS = numba.config.NUMBA_NUM_THREADS
 
 
 class CellCache(NamedTuple):
@@ -83,7 +105,39 @@ class _Cell:
 
     def _step_params(self):
         """The parameters the step kernels (``_step``, ``_steps``) take, in their order."""
-        return tuple(map(self._p, self._step_param_names))
+        get, e = self.params.get, self._empty
+        return [get(n, e) for n in self._step_param_names]
+
+    @staticmethod
+    def _split_products(Wx, Wh):
+        """Whether a batch-of-one ``step`` splits its two matrix-vector products over the cores
+        (``matvec_pair``) rather than calling BLAS: for weights of a size where that measured
+        faster."""
+        return STEP_SPLIT_MIN_BYTES <= Wx.nbytes + Wh.nbytes <= STEP_SPLIT_MAX_BYTES
+
+    def _one_scratch(self):
+        """Scratch of a batch-of-one ``step``, kept per thread and per shape: (xw, hw) (1, G*H),
+        acts, stats, cn, tmp as ``_buffers`` gives them for one step of one row, and active (1,)
+        True."""
+        key = (self._name, self.dtype, self.input_size, self.hidden_size)
+        cache = getattr(_one_scratch, "bufs", None)
+        if cache is None:
+            cache = _one_scratch.bufs = {}
+        bufs = cache.get(key)
+        if bufs is None:
+            GH, dt = self.G * self.hidden_size, self.dtype
+            acts, stats, cn, tmp = self._buffers(1, 1)
+            e = self._empty
+            bufs = cache[key] = (
+                np.empty((1, GH), dt),
+                np.empty((1, GH), dt),
+                acts[0] if acts.ndim == 3 else e,
+                stats[0],
+                cn[0] if cn.ndim == 3 else e,
+                tmp,
+                np.ones(1, bool),
+            )
+        return bufs
 
     @staticmethod
     def _kernel_loop(B, Wh):
@@ -92,6 +146,14 @@ class _Cell:
         return B == 1 and Wh.nbytes <= KERNEL_LOOP_MAX_BYTES
 
     def _check_x(self, x, ndim, what):
+        if (  # the common case, checked fast
+            type(x) is np.ndarray
+            and x.ndim == ndim
+            and x.shape[-1] == self.input_size
+            and x.dtype == self.dtype
+            and x.flags.c_contiguous
+        ):
+            return x
         fn = f"{self._name}.{what}"
         x = _args.as_array(fn, "x", x)
         if x.ndim != ndim:
@@ -113,6 +175,17 @@ class _Cell:
         H = self.hidden_size
         if state is None:
             return [self._zeros((B, H)) for _ in range(self.n_state)]
+        if type(state) is tuple and len(state) == self.n_state:  # the common case, checked fast
+            for s in state:
+                if not (
+                    type(s) is np.ndarray
+                    and s.shape == (B, H)
+                    and s.dtype == self.dtype
+                    and s.flags.c_contiguous
+                ):
+                    break
+            else:
+                return state
         if not isinstance(state, (tuple, list)):
             raise TypeError(
                 f"{fn}: {name} must be a tuple of {self.n_state} arrays "
@@ -256,8 +329,17 @@ class _Cell:
         e = self._empty
         h = np.empty((B, H), self.dtype)
         c = np.empty((B, H), self.dtype) if self.n_state == 2 else e
-        xw = x_t @ self._p("Wx")
-        hw = st0[0] @ self._p("Wh")
+        Wx, Wh = self._p("Wx"), self._p("Wh")
+        if B == 1 and self._split_products(Wx, Wh) and parallel_lock.acquire(False):
+            try:
+                nt = min(_MAX_THREADS, (Wx.nbytes + Wh.nbytes) // STEP_TASK_MIN_BYTES)
+                nt = max(1, min(nt, Wx.shape[0] + Wh.shape[0]))  # tasks, 1 to I + H
+                self._step_one(h, c, x_t, st0, Wx, Wh, nt, *self._one_scratch())
+            finally:
+                parallel_lock.release()
+            return (h, c) if self.n_state == 2 else (h,)
+        xw = x_t @ Wx
+        hw = st0[0] @ Wh
         acts, stats, cn, tmp = self._buffers(1, B)
         self._step(
             h,
@@ -343,6 +425,12 @@ class LSTM(_Cell):
             self.layer_norm, tmp,
         )  # fmt: skip
 
+    def _step_one(self, h, c, x, st0, Wx, Wh, nt, xw, hw, acts, st, cn, tmp, active):
+        _k.lstm_step_one(
+            h, c, acts, cn, st, xw, hw, x, st0[0], st0[1], Wx, Wh, *self._step_params(), active,
+            self.eps, self.layer_norm, tmp, nt,
+        )  # fmt: skip
+
     def _step_backward(self, t, k, g, dxw, dhw, dh0, dc0, dh, dc, active, tmp):
         p = self._p
         e = self._empty
@@ -424,6 +512,12 @@ class GRU(_Cell):
             tmp,
         )  # fmt: skip
 
+    def _step_one(self, h, c, x, st0, Wx, Wh, nt, xw, hw, acts, st, cn, tmp, active):
+        _k.gru_step_one(
+            h, acts, st, xw, hw, x, st0[0], Wx, Wh, *self._step_params(), active, self.eps,
+            self.layer_norm, tmp, nt,
+        )  # fmt: skip
+
     def _step_backward(self, t, k, g, dxw, dhw, dh0, dc0, dh, dc, active, tmp):
         p = self._p
         e = self._empty
@@ -494,6 +588,12 @@ class RNN(_Cell):
     def _step(self, h, c, acts, st, cn, xw, hw, h0, c0, active, tmp):
         # xw becomes a = x_t Wx + h_{t-1} Wh (saved for the backward pass)
         _k.rnn_step(h, st, xw, hw, h0, *self._step_params(), active, self.eps, self.layer_norm)
+
+    def _step_one(self, h, c, x, st0, Wx, Wh, nt, xw, hw, acts, st, cn, tmp, active):
+        _k.rnn_step_one(
+            h, st, xw, hw, x, st0[0], Wx, Wh, *self._step_params(), active, self.eps,
+            self.layer_norm, nt,
+        )  # fmt: skip
 
     def _step_backward(self, t, k, g, dxw, dhw, dh0, dc0, dh, dc, active, tmp):
         gain = self._p("ln_g") if self.layer_norm else self._empty
