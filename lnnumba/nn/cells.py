@@ -321,7 +321,11 @@ class _Cell:
 
     def step(self, x_t, state=None):
         """One step without a cache, the inference path. x_t: (B, I); state: tuple or None.
-        Returns the new state tuple (new arrays; the given state is not modified)."""
+        Returns the new state tuple (new arrays; the given state is not modified).
+
+        At batch one with weights (Wx and Wh) of ``STEP_SPLIT_MIN_BYTES`` to
+        ``STEP_SPLIT_MAX_BYTES``, the two matrix-vector products are split over Numba's threads
+        and the step is one kernel call; otherwise they go to BLAS."""
         x_t = self._check_x(x_t, 2, "step")
         B = x_t.shape[0]
         st0 = self._check_state(state, B, "step")
