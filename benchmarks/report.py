@@ -160,8 +160,9 @@ node); `rms_*_vs_ln` = LN time / RMSNorm time. The last two columns are lnnumba'
 
 {ttable(targets_cpu)}
 
-Where the time goes: at 4096x1024 float32 a copy's two 16 MB arrays fit the 32 MB last-level
-cache, so the roofline there is cache bandwidth; the backward's three arrays do not, which
+Where the time goes: at 4096x1024 float32 a copy's two 16 MB arrays fit the last-level cache of
+every machine measured so far (32 MB on some, 480 MB on others), so the roofline there is cache
+bandwidth; whether the backward's three arrays fit too depends on the machine, which
 `bwd_of_triad` (dx = x + dy, the backward's exact bytes) accounts for. The backward reads a block
 of four rows twice (the second time from cache) and loads w and the weight-gradient
 accumulators once per four rows. At 4096x1024 float32 PyTorch's forward also runs near the
