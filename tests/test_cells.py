@@ -12,6 +12,26 @@ from lnnumba.nn import cells as NC
 CELLS = [("lstm", L.LSTM), ("gru", L.GRU), ("rnn", L.RNN)]
 
 
+@pytest.fixture
+def split_steps(monkeypatch):
+    """Batch-of-one steps split their products whatever the weights' size and however recently
+    a BLAS product ran; returns a list that counts the split steps taken."""
+    from lnnumba.cpu import norm as N
+
+    monkeypatch.setattr(NC, "STEP_SPLIT_MIN_BYTES", 0)
+    monkeypatch.setattr(N, "BLAS_SPIN_S", -1.0)
+    calls = []
+    for cls in (L.LSTM, L.GRU, L.RNN):
+        orig = cls._step_one
+
+        def counted(self, *a, _orig=orig):
+            calls.append(type(self).__name__)
+            return _orig(self, *a)
+
+        monkeypatch.setattr(cls, "_step_one", counted)
+    return calls
+
+
 def make_cell(cls, ln, dtype=np.float64, I=3, H=4, seed=0):
     """A cell with every parameter randomized (LN gains away from 1, biases away from 0)."""
     cell = cls(I, H, layer_norm=ln, dtype=dtype, seed=seed)
@@ -138,7 +158,7 @@ def test_matvec_pair(I, H, G, nt, dtype, rng):
 @pytest.mark.parametrize("kind,cls", CELLS)
 @pytest.mark.parametrize("ln", [True, False])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_batch_of_one_step_with_split_products(kind, cls, ln, dtype, rng, monkeypatch):
+def test_batch_of_one_step_with_split_products(kind, cls, ln, dtype, rng, monkeypatch, split_steps):
     # a batch-of-one step with its products split over threads (forced here on small weights,
     # with one to five tasks) gives the BLAS step's result, and the reference's
     cell = make_cell(cls, ln, dtype, I=5, H=6)
@@ -152,6 +172,7 @@ def test_batch_of_one_step_with_split_products(kind, cls, ln, dtype, rng, monkey
     want = [cell.step(x[0], st)]
     for t in (1, 2):
         want.append(cell.step(x[t], want[-1]))
+    assert split_steps == []
     monkeypatch.setattr(NC, "STEP_SPLIT_MIN_BYTES", 0)
     assert cell._split_products(Wx, Wh)
     for tasks in (1, 2, 3, 5):
@@ -168,6 +189,34 @@ def test_batch_of_one_step_with_split_products(kind, cls, ln, dtype, rng, monkey
         monkeypatch.setattr(NC, "STEP_TASK_MIN_BYTES", task_bytes)
         s = cell.step(x[0], st)
         np.testing.assert_allclose(s[0], hs_ref[0], rtol=tol, atol=tol)
+    assert len(split_steps) == 4 * 3 + 2
+
+
+def test_no_split_step_right_after_a_threaded_blas_product(rng, monkeypatch, split_steps):
+    # for BLAS_SPIN_S after a product big enough for BLAS threads (a forward's input
+    # projection), a batch-of-one step takes the BLAS route, then splits again
+    from lnnumba.cpu import norm as N
+
+    now = [1000.0]
+    monkeypatch.setattr(N, "_clock", lambda: now[0])
+    monkeypatch.setattr(N, "BLAS_SPIN_S", 0.1)
+    cell = L.LSTM(64, 64, seed=0)
+    x = rng.standard_normal((8, 1, 64)).astype(np.float32)
+    _, last, _ = cell.forward(x)  # (8, 64) @ (64, 256): 131072 flops, one BLAS thread
+    assert not N.blas_recent()
+    x = rng.standard_normal((16, 1, 64)).astype(np.float32)
+    _, last, _ = cell.forward(x)  # (16, 64) @ (64, 256): threaded
+    assert N.blas_recent()
+    s = cell.step(x[0, :], last)  # the BLAS route, which as a batch of one notes nothing
+    assert split_steps == []
+    now[0] += 0.05
+    s = cell.step(x[1], s)
+    assert split_steps == []
+    now[0] += 0.06
+    s = cell.step(x[2], s)
+    assert split_steps == ["LSTM"]
+    N.note_blas(1, 10**6, 10**6)  # one row: NumPy's gemv, measured not to wake BLAS threads
+    assert not N.blas_recent()
 
 
 def test_split_step_chosen_by_weight_size():
@@ -277,8 +326,7 @@ def test_params_updated_in_place_are_used(rng):
     assert not np.allclose(before, after)
 
 
-def test_inputs_are_not_modified(rng, monkeypatch):
-    monkeypatch.setattr(NC, "STEP_SPLIT_MIN_BYTES", 0)  # the batch-of-one step splits too
+def test_inputs_are_not_modified(rng, split_steps):
     cell = make_cell(L.LSTM, True)
     x = rng.standard_normal((3, 2, 3))
     st = rand_state(cell, 2, rng)
@@ -289,6 +337,7 @@ def test_inputs_are_not_modified(rng, monkeypatch):
     cell.backward(G, cache, st)
     cell.step(x[0], st)
     cell.step(x[0, :1], tuple(s[:1] for s in st))
+    assert split_steps == ["LSTM"]  # the batch-of-one step split its products
     for a, c in zip([x, *st], copies):
         np.testing.assert_array_equal(a, c)
     np.testing.assert_array_equal(G, Gc)
@@ -392,12 +441,12 @@ def test_float32_backward_matches_float64(kind, cls, ln, rng):
 
 
 @pytest.mark.parametrize("split", [False, True])
-def test_concurrent_steps_on_one_cell(split, rng, monkeypatch):
+def test_concurrent_steps_on_one_cell(split, rng, request):
     # with split products, one thread at a time runs them in parallel and the others call BLAS
     from concurrent.futures import ThreadPoolExecutor
 
     if split:
-        monkeypatch.setattr(NC, "STEP_SPLIT_MIN_BYTES", 0)
+        request.getfixturevalue("split_steps")
     cell = L.LSTM(16, 32, seed=0)
     xs = [rng.standard_normal((20, 1, 16)).astype(np.float32) for _ in range(8)]
 

@@ -16,7 +16,7 @@ SCRIPT = textwrap.dedent(
     """
     import numpy as np, numba
     from concurrent.futures import ThreadPoolExecutor
-    import lnnumba as L
+    import lnnumba as L, lnnumba.cpu.norm
     from lnnumba import reference as R
     rng = np.random.default_rng(0)
     # large enough for the parallel path, small enough to be quick
@@ -26,6 +26,7 @@ SCRIPT = textwrap.dedent(
     # a batch-of-one step whose products are split over the threads (matvec_pair)
     cell = L.LSTM(256, 256, seed=0)
     assert cell._split_products(cell.params["Wx"], cell.params["Wh"])
+    lnnumba.cpu.norm.BLAS_SPIN_S = -1.0  # split even right after the forward's BLAS product
     seq = rng.standard_normal((5, 1, 256)).astype(np.float32)
     want_h = cell.forward(seq)[1][0]
 

@@ -26,6 +26,7 @@ prunes the dead branches.
 """
 
 import threading
+import time
 
 import numpy as np
 from numba import get_num_threads, njit, prange
@@ -630,6 +631,31 @@ def backward_parallel(dx, dw, db, part_w, part_b, dy, x, mean, rstd, w):
 # ---------------------------------------------------------------------------------------------
 
 parallel_lock = threading.Lock()
+
+# OpenBLAS's worker threads keep spinning for about 0.1 s after a product big enough to use them.
+# A parallel kernel started meanwhile competes with them for the cores and can wait out a
+# scheduler time slice: on 2 cores, batch-of-one steps in the 0.1 s after a forward pass's input
+# projection took 2-8 ms instead of 22 us now and then. The package's own BLAS products report
+# themselves (``note_blas``); a parallel path that is only a speed-up (the cells' split step)
+# is skipped while ``blas_recent()``. Products of one row (NumPy's gemv) measured harmless.
+BLAS_SPIN_S = 0.1
+# OpenBLAS runs a product on one thread below m * n * k = 65536 * 4 (its GEMM threshold).
+BLAS_THREADED_MIN_FLOPS = 1 << 18
+_clock = time.monotonic
+_last_blas = -1e9
+
+
+def note_blas(m, n, k):
+    """Records that the package just ran an (m, k) @ (k, n) BLAS product, if it was big enough
+    for BLAS to use its threads (m > 1 and m * n * k >= ``BLAS_THREADED_MIN_FLOPS``)."""
+    global _last_blas
+    if m > 1 and m * n * k >= BLAS_THREADED_MIN_FLOPS:
+        _last_blas = _clock()
+
+
+def blas_recent():
+    """Whether a product recorded by ``note_blas`` ran less than ``BLAS_SPIN_S`` ago."""
+    return _clock() - _last_blas < BLAS_SPIN_S
 
 
 def entry_point(dispatcher, args):

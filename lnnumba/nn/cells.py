@@ -23,7 +23,7 @@ import numpy as np
 
 from .. import _args
 from ..cpu import cells as _k
-from ..cpu.norm import parallel_lock
+from ..cpu.norm import blas_recent, note_blas, parallel_lock
 
 # Largest recurrent matrix Wh (bytes) for which a batch of one runs its loop over time inside one
 # kernel call, with the kernel's own matrix-vector product: up to about a core's L2 cache it is
@@ -240,6 +240,7 @@ class _Cell:
         active = self._check_lengths(lengths, T, B)
         Wx, Wh = self._p("Wx"), self._p("Wh")
         xw = (x.reshape(T * B, I) @ Wx).reshape(T, B, GH)  # one GEMM for all steps
+        note_blas(T * B, GH, I)
         h = self._zeros((T + 1, B, H))
         h[0] = st0[0]
         c = self._zeros((T + 1, B, H)) if self.n_state == 2 else self._empty
@@ -267,6 +268,7 @@ class _Cell:
                     active[t],
                     tmp,
                 )
+            note_blas(B, GH, H)
         hs = h[1:].copy()
         if lengths is not None:
             hs[~active] = 0
@@ -316,6 +318,7 @@ class _Cell:
         dxw2 = dxw.reshape(T * B, GH)
         grads["Wx"] += cache.x.reshape(T * B, I).T @ dxw2
         dx = (dxw2 @ self._p("Wx").T).reshape(T, B, I)
+        note_blas(T * B, I, GH)
         dstate = (dh, np.array(dc)) if self.n_state == 2 else (dh,)
         return dx, grads, dstate
 
@@ -325,7 +328,8 @@ class _Cell:
 
         At batch one with weights (Wx and Wh) of ``STEP_SPLIT_MIN_BYTES`` to
         ``STEP_SPLIT_MAX_BYTES``, the two matrix-vector products are split over Numba's threads
-        and the step is one kernel call; otherwise they go to BLAS."""
+        and the step is one kernel call; otherwise, and for ``cpu.norm.BLAS_SPIN_S`` after one
+        of the package's products big enough for BLAS to use its threads, they go to BLAS."""
         x_t = self._check_x(x_t, 2, "step")
         B = x_t.shape[0]
         st0 = self._check_state(state, B, "step")
@@ -334,7 +338,12 @@ class _Cell:
         h = np.empty((B, H), self.dtype)
         c = np.empty((B, H), self.dtype) if self.n_state == 2 else e
         Wx, Wh = self._p("Wx"), self._p("Wh")
-        if B == 1 and self._split_products(Wx, Wh) and parallel_lock.acquire(False):
+        if (
+            B == 1
+            and self._split_products(Wx, Wh)
+            and not blas_recent()
+            and parallel_lock.acquire(False)
+        ):
             try:
                 nt = min(_MAX_THREADS, (Wx.nbytes + Wh.nbytes) // STEP_TASK_MIN_BYTES)
                 nt = max(1, min(nt, Wx.shape[0] + Wh.shape[0]))  # tasks, 1 to I + H
@@ -344,6 +353,7 @@ class _Cell:
             return (h, c) if self.n_state == 2 else (h,)
         xw = x_t @ Wx
         hw = st0[0] @ Wh
+        note_blas(B, Wx.shape[1], Wx.shape[0] + Wh.shape[0])
         acts, stats, cn, tmp = self._buffers(1, B)
         self._step(
             h,

@@ -8,6 +8,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .. import _args
+from ..cpu.norm import note_blas
 from ..norm import layer_norm_backward, layer_norm_forward
 
 
@@ -60,7 +61,9 @@ class Linear(_Layer):
 
     def forward(self, x):
         x = self._check_float("Linear.forward", "x", x, self.in_features)
-        return x @ self.params["W"] + self.params["b"], LayerCache(self, (x,))
+        y = x @ self.params["W"] + self.params["b"]
+        note_blas(x.size // self.in_features, self.out_features, self.in_features)
+        return y, LayerCache(self, (x,))
 
     def backward(self, dy, cache):
         (x,) = self._check_cache(cache)
@@ -71,7 +74,9 @@ class Linear(_Layer):
         x2 = x.reshape(-1, self.in_features)
         dy2 = dy.reshape(-1, self.out_features)
         grads = {"W": x2.T @ dy2, "b": dy2.sum(axis=0)}
-        return dy @ self.params["W"].T, grads
+        dx = dy @ self.params["W"].T
+        note_blas(x2.shape[0], self.in_features, self.out_features)
+        return dx, grads
 
 
 class Embedding(_Layer):
