@@ -44,6 +44,9 @@ STEP_SPLIT_MAX_BYTES = 8 << 20
 # The split gives each task at least this many bytes of weights (at most one task per thread):
 # below it a task's share costs less than starting it.
 STEP_TASK_MIN_BYTES = 128 << 10
+# Tasks are counted from Numba's thread pool size, not from ``numba.get_num_threads()`` (0.5 us a
+# call, a fifth of the rest of the step's Python side); after ``numba.set_num_threads(n)`` the
+# tasks still all run, n at a time.
 _MAX_THREADS = numba.config.NUMBA_NUM_THREADS
 
 
