@@ -34,3 +34,19 @@ class Cells:
     def time_forward_backward(self, cell, layer_norm):
         _, _, cache = self.cell.forward(self.x)
         self.cell.backward(self.g, cache)
+
+
+class ServingStep:
+    """The serving step of issue-sized models: LN-LSTM at B=1, I=H=256 (2 MB of float32 weights,
+    its products split over the cores) and I=H=1024 (32 MB, through BLAS)."""
+
+    params = [256, 1024]
+    param_names = ["hidden"]
+
+    def setup(self, hidden):
+        self.cell = lnnumba.LSTM(hidden, hidden, seed=0)
+        self.xt = data((1, hidden), np.float32, 3)
+        self.state = self.cell.step(self.xt)
+
+    def time_step(self, hidden):
+        self.cell.step(self.xt, self.state)
