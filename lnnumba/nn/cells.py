@@ -174,21 +174,22 @@ class _Cell:
         return np.ascontiguousarray(x)
 
     def _check_state(self, state, B, what, name="state"):
-        fn = f"{self._name}.{what}"
         H = self.hidden_size
-        if state is None:
-            return [self._zeros((B, H)) for _ in range(self.n_state)]
         if type(state) is tuple and len(state) == self.n_state:  # the common case, checked fast
+            shape, dt = (B, H), self.dtype
             for s in state:
                 if not (
                     type(s) is np.ndarray
-                    and s.shape == (B, H)
-                    and s.dtype == self.dtype
+                    and s.shape == shape
+                    and s.dtype == dt
                     and s.flags.c_contiguous
                 ):
                     break
             else:
                 return state
+        if state is None:
+            return [self._zeros((B, H)) for _ in range(self.n_state)]
+        fn = f"{self._name}.{what}"
         if not isinstance(state, (tuple, list)):
             raise TypeError(
                 f"{fn}: {name} must be a tuple of {self.n_state} arrays "
@@ -336,11 +337,11 @@ class _Cell:
         x_t = self._check_x(x_t, 2, "step")
         B = x_t.shape[0]
         st0 = self._check_state(state, B, "step")
-        H = self.hidden_size
-        e = self._empty
-        h = np.empty((B, H), self.dtype)
-        c = np.empty((B, H), self.dtype) if self.n_state == 2 else e
-        Wx, Wh = self._p("Wx"), self._p("Wh")
+        lstm = self.n_state == 2
+        shape, e = (B, self.hidden_size), self._empty
+        h = np.empty(shape, self.dtype)
+        c = np.empty(shape, self.dtype) if lstm else e
+        Wx, Wh = self.params["Wx"], self.params["Wh"]
         if (
             B == 1
             and self._split_products(Wx, Wh)
@@ -348,12 +349,13 @@ class _Cell:
             and parallel_lock.acquire(False)
         ):
             try:
-                nt = min(_MAX_THREADS, (Wx.nbytes + Wh.nbytes) // STEP_TASK_MIN_BYTES)
-                nt = max(1, min(nt, Wx.shape[0] + Wh.shape[0]))  # tasks, 1 to I + H
-                self._step_one(h, c, x_t, st0, Wx, Wh, nt, *self._one_scratch())
+                # tasks: one per thread, each with STEP_TASK_MIN_BYTES or more; 1 to I + H
+                nt = (Wx.nbytes + Wh.nbytes) // STEP_TASK_MIN_BYTES
+                nt = max(1, min(nt, _MAX_THREADS, Wx.shape[0] + Wh.shape[0]))
+                self._step_one(h, c, x_t, st0, Wx, Wh, nt)
             finally:
                 parallel_lock.release()
-            return (h, c) if self.n_state == 2 else (h,)
+            return (h, c) if lstm else (h,)
         xw = x_t @ Wx
         hw = st0[0] @ Wh
         note_blas(B, Wx.shape[1], Wx.shape[0] + Wh.shape[0])
@@ -363,15 +365,15 @@ class _Cell:
             c,
             acts[0] if acts.ndim == 3 else e,
             stats[0],
-            cn[0] if self.n_state == 2 else e,
+            cn[0] if lstm else e,
             xw,
             hw,
             st0[0],
-            st0[1] if self.n_state == 2 else e,
+            st0[1] if lstm else e,
             np.ones(B, bool),
             tmp,
         )
-        return (h, c) if self.n_state == 2 else (h,)
+        return (h, c) if lstm else (h,)
 
     def __repr__(self):
         return (
@@ -442,7 +444,8 @@ class LSTM(_Cell):
             self.layer_norm, tmp,
         )  # fmt: skip
 
-    def _step_one(self, h, c, x, st0, Wx, Wh, nt, xw, hw, acts, st, cn, tmp, active):
+    def _step_one(self, h, c, x, st0, Wx, Wh, nt):
+        xw, hw, acts, st, cn, tmp, active = self._one_scratch()
         _k.lstm_step_one(
             h, c, acts, cn, st, xw, hw, x, st0[0], st0[1], Wx, Wh, *self._step_params(), active,
             self.eps, self.layer_norm, tmp, nt,
@@ -529,7 +532,8 @@ class GRU(_Cell):
             tmp,
         )  # fmt: skip
 
-    def _step_one(self, h, c, x, st0, Wx, Wh, nt, xw, hw, acts, st, cn, tmp, active):
+    def _step_one(self, h, c, x, st0, Wx, Wh, nt):
+        xw, hw, acts, st, cn, tmp, active = self._one_scratch()
         _k.gru_step_one(
             h, acts, st, xw, hw, x, st0[0], Wx, Wh, *self._step_params(), active, self.eps,
             self.layer_norm, tmp, nt,
@@ -606,7 +610,8 @@ class RNN(_Cell):
         # xw becomes a = x_t Wx + h_{t-1} Wh (saved for the backward pass)
         _k.rnn_step(h, st, xw, hw, h0, *self._step_params(), active, self.eps, self.layer_norm)
 
-    def _step_one(self, h, c, x, st0, Wx, Wh, nt, xw, hw, acts, st, cn, tmp, active):
+    def _step_one(self, h, c, x, st0, Wx, Wh, nt):
+        xw, hw, acts, st, cn, tmp, active = self._one_scratch()
         _k.rnn_step_one(
             h, st, xw, hw, x, st0[0], Wx, Wh, *self._step_params(), active, self.eps,
             self.layer_norm, nt,
