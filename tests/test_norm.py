@@ -125,12 +125,14 @@ def test_serial_parallel_and_blocked_paths_are_identical(rng, dtype):
     assert K.n_chunks(M) > 1
 
 
+@pytest.mark.parametrize("long_rows", [False, True])
 @pytest.mark.parametrize("affine", ["none", "weight", "both"])
-@pytest.mark.parametrize("M", range(1, 10))
-def test_forward_four_row_blocks_and_remainders(rng, M, affine):
-    # the blocked forward (taken for inputs larger than the last-level cache) on every split of
-    # rows into blocks of four and a remainder, LN and RMSNorm, against the reference
-    N = 37
+@pytest.mark.parametrize("M", range(1, 14))
+def test_forward_four_row_blocks_and_remainders(rng, M, affine, long_rows):
+    # the blocked forward (taken for large inputs) on every split of rows into blocks of four
+    # and a remainder, LN and RMSNorm, against the reference; long rows fuse each block's
+    # output pass with the next block's statistics
+    N = K.FUSE_MIN_ROW_BYTES // 4 + 3 if long_rows else 37
     x = (3 + make(rng, (M, N), np.float32)).astype(np.float32)
     w = make(rng, N, np.float32) if affine != "none" else None
     b = make(rng, N, np.float32) if affine == "both" else None
@@ -198,6 +200,10 @@ def test_float32_large_mean_stays_accurate(rng, N):
     y, m, r = L.layer_norm_forward(x, w)
     yr, mr, rr = R.layer_norm_forward(x, w)
     assert rel_err(y, yr) < 1e-4
+    # the blocked forward of large inputs (fused for N=4096), on these rows
+    yb, mb, rb = np.empty_like(x), np.empty(10), np.empty(10)
+    K.forward_serial(yb, mb, rb, x, w, None, 1e-5, True, True, 1)
+    assert rel_err(yb, yr) < 1e-4 and rel_err(mb, mr.ravel()) < 1e-7
     for a, b_ in zip(
         L.layer_norm_backward(dy, x, m, r, w), R.layer_norm_backward(dy, x, mr, rr, w)
     ):
