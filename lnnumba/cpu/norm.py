@@ -170,6 +170,28 @@ def row_forward(y, x, w, b, x0, c, r):
         y[j] = v
 
 
+@njit(inline="always")
+def _col4_out(y, w, b, j, v0, v1, v2, v3):
+    """Column j of four rows' output from their normalized values v0..v3: times w[j], plus b[j]
+    (w, b None: 1 and 0), into y (4, N). Inlined into its callers' loops, which it shares."""
+    if w is not None:
+        wj = w[j]
+        v0 = v0 * wj
+        v1 = v1 * wj
+        v2 = v2 * wj
+        v3 = v3 * wj
+    if b is not None:
+        bj = b[j]
+        v0 = v0 + bj
+        v1 = v1 + bj
+        v2 = v2 + bj
+        v3 = v3 + bj
+    y[0, j] = v0
+    y[1, j] = v1
+    y[2, j] = v2
+    y[3, j] = v3
+
+
 @njit(**_jit_elementwise)
 def rows4_forward(y, x, w, b, x0, c, r):
     """``row_forward`` for four rows at once, loading each column's w and b once for the four.
@@ -182,22 +204,7 @@ def rows4_forward(y, x, w, b, x0, c, r):
         v1 = ((x[1, j] - x0[1]) - c[1]) * r[1]
         v2 = ((x[2, j] - x0[2]) - c[2]) * r[2]
         v3 = ((x[3, j] - x0[3]) - c[3]) * r[3]
-        if w is not None:
-            wj = w[j]
-            v0 = v0 * wj
-            v1 = v1 * wj
-            v2 = v2 * wj
-            v3 = v3 * wj
-        if b is not None:
-            bj = b[j]
-            v0 = v0 + bj
-            v1 = v1 + bj
-            v2 = v2 + bj
-            v3 = v3 + bj
-        y[0, j] = v0
-        y[1, j] = v1
-        y[2, j] = v2
-        y[3, j] = v3
+        _col4_out(y, w, b, j, v0, v1, v2, v3)
 
 
 @njit(**_jit_reduce)
@@ -218,22 +225,7 @@ def rows4_forward_fused(y, x, w, b, x0, cr, r, x_next, k):
         v1 = (x[1, j] - x0[1]) * r[1] - cr[1]
         v2 = (x[2, j] - x0[2]) * r[2] - cr[2]
         v3 = (x[3, j] - x0[3]) * r[3] - cr[3]
-        if w is not None:
-            wj = w[j]
-            v0 = v0 * wj
-            v1 = v1 * wj
-            v2 = v2 * wj
-            v3 = v3 * wj
-        if b is not None:
-            bj = b[j]
-            v0 = v0 + bj
-            v1 = v1 + bj
-            v2 = v2 + bj
-            v3 = v3 + bj
-        y[0, j] = v0
-        y[1, j] = v1
-        y[2, j] = v2
-        y[3, j] = v3
+        _col4_out(y, w, b, j, v0, v1, v2, v3)
         d0 = x_next[0, j] - k[0]
         d1 = x_next[1, j] - k[1]
         d2 = x_next[2, j] - k[2]
@@ -487,6 +479,28 @@ def row_ln_backward(dx, dw_acc, db_acc, dy, x, w, mean, rstd, center):
 
 
 @njit(**_jit)
+def _stats4(x, eps, center):
+    """``row_stats_one_pass`` of four rows (x: (4, N)): the 4-tuples (x0, c, r)."""
+    a0, c0, r0 = row_stats_one_pass(x[0], eps, center)
+    a1, c1, r1 = row_stats_one_pass(x[1], eps, center)
+    a2, c2, r2 = row_stats_one_pass(x[2], eps, center)
+    a3, c3, r3 = row_stats_one_pass(x[3], eps, center)
+    return (a0, a1, a2, a3), (c0, c1, c2, c3), (r0, r1, r2, r3)
+
+
+@njit(**_jit)
+def _save_stats4(mean, rstd, i, x0, c, r):
+    """mean[i:i+4] = x0 + c and rstd[i:i+4] = r for four rows' statistics (4-tuples as
+    ``_stats4`` gives them); mean, rstd: (M,) or None."""
+    if mean is not None:
+        for q in range(4):
+            mean[i + q] = x0[q] + c[q] * 1.0
+    if rstd is not None:
+        for q in range(4):
+            rstd[i + q] = r[q]
+
+
+@njit(**_jit)
 def _forward_rows_fused(y, mean, rstd, x, w, b, eps, center, lo, hi):
     """Rows lo.. of the forward pass in blocks of four, each block's output pass fused with the
     statistics pass of the next (``rows4_forward_fused``). Returns the first row not done (lo
@@ -495,26 +509,13 @@ def _forward_rows_fused(y, mean, rstd, x, w, b, eps, center, lo, hi):
     if hi - lo < 8:
         return lo
     i = lo
-    a0, c0, r0 = row_stats_one_pass(x[i], eps, center)
-    a1, c1, r1 = row_stats_one_pass(x[i + 1], eps, center)
-    a2, c2, r2 = row_stats_one_pass(x[i + 2], eps, center)
-    a3, c3, r3 = row_stats_one_pass(x[i + 3], eps, center)
+    x0, c, r = _stats4(x[i : i + 4], eps, center)
     while True:
-        if mean is not None:
-            mean[i] = a0 + c0 * 1.0
-            mean[i + 1] = a1 + c1 * 1.0
-            mean[i + 2] = a2 + c2 * 1.0
-            mean[i + 3] = a3 + c3 * 1.0
-        if rstd is not None:
-            rstd[i] = r0
-            rstd[i + 1] = r1
-            rstd[i + 2] = r2
-            rstd[i + 3] = r3
-        x0s = (a0, a1, a2, a3)
-        crs = (t(c0 * r0), t(c1 * r1), t(c2 * r2), t(c3 * r3))
-        rs = (t(r0), t(r1), t(r2), t(r3))
+        _save_stats4(mean, rstd, i, x0, c, r)
+        rs = (t(r[0]), t(r[1]), t(r[2]), t(r[3]))
         if i + 8 > hi:
             break
+        crs = (t(c[0] * r[0]), t(c[1] * r[1]), t(c[2] * r[2]), t(c[3] * r[3]))
         z = t(0)
         k = (
             x[i + 4, 0] if center else z,
@@ -523,17 +524,16 @@ def _forward_rows_fused(y, mean, rstd, x, w, b, eps, center, lo, hi):
             x[i + 7, 0] if center else z,
         )
         s1, s2 = rows4_forward_fused(
-            y[i : i + 4], x[i : i + 4], w, b, x0s, crs, rs, x[i + 4 : i + 8], k
+            y[i : i + 4], x[i : i + 4], w, b, x0, crs, rs, x[i + 4 : i + 8], k
         )  # fmt: skip
         a0, c0, r0 = stats_from_sums(x[i + 4], s1[0], s2[0], eps, center)
         a1, c1, r1 = stats_from_sums(x[i + 5], s1[1], s2[1], eps, center)
         a2, c2, r2 = stats_from_sums(x[i + 6], s1[2], s2[2], eps, center)
         a3, c3, r3 = stats_from_sums(x[i + 7], s1[3], s2[3], eps, center)
+        x0, c, r = (a0, a1, a2, a3), (c0, c1, c2, c3), (r0, r1, r2, r3)
         i += 4
     # the last block, its statistics already taken
-    rows4_forward(
-        y[i : i + 4], x[i : i + 4], w, b, x0s, (t(c0), t(c1), t(c2), t(c3)), rs
-    )  # fmt: skip
+    rows4_forward(y[i : i + 4], x[i : i + 4], w, b, x0, (t(c[0]), t(c[1]), t(c[2]), t(c[3])), rs)
     return i + 4
 
 
@@ -551,24 +551,12 @@ def _forward_rows(y, mean, rstd, x, w, b, eps, center, block, lo, hi):
         i = _forward_rows_fused(y, mean, rstd, x, w, b, eps, center, lo, hi)
     if block:
         while i + 4 <= hi:
-            a0, c0, r0 = row_stats_one_pass(x[i], eps, center)
-            a1, c1, r1 = row_stats_one_pass(x[i + 1], eps, center)
-            a2, c2, r2 = row_stats_one_pass(x[i + 2], eps, center)
-            a3, c3, r3 = row_stats_one_pass(x[i + 3], eps, center)
+            x0, c, r = _stats4(x[i : i + 4], eps, center)
             rows4_forward(
-                y[i : i + 4], x[i : i + 4], w, b, (a0, a1, a2, a3),
-                (t(c0), t(c1), t(c2), t(c3)), (t(r0), t(r1), t(r2), t(r3)),
+                y[i : i + 4], x[i : i + 4], w, b, x0,
+                (t(c[0]), t(c[1]), t(c[2]), t(c[3])), (t(r[0]), t(r[1]), t(r[2]), t(r[3])),
             )  # fmt: skip
-            if mean is not None:
-                mean[i] = a0 + c0 * 1.0
-                mean[i + 1] = a1 + c1 * 1.0
-                mean[i + 2] = a2 + c2 * 1.0
-                mean[i + 3] = a3 + c3 * 1.0
-            if rstd is not None:
-                rstd[i] = r0
-                rstd[i + 1] = r1
-                rstd[i + 2] = r2
-                rstd[i + 3] = r3
+            _save_stats4(mean, rstd, i, x0, c, r)
             i += 4
     for k in range(i, hi):
         m, r = row_ln(y[k], x[k], w, b, eps, center)
