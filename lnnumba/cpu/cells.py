@@ -125,7 +125,12 @@ def matvec_pair(xw, hw, x, h, Wx, Wh, nt):
     """
     I = Wx.shape[0]
     K = I + Wh.shape[0]
-    part = np.empty((nt, 2, xw.shape[0]), xw.dtype)  # (nt, 2, G) the tasks' partial products
+    split = False  # whether a task boundary falls inside a matrix (then partial products)
+    for k in range(1, nt):
+        e = k * K // nt
+        split = split or (0 < e < I) or (I < e < K)
+    # (nt, 2, G) the tasks' partial products; none when each matrix is one task's (I = H, 2 tasks)
+    part = np.empty((nt if split else 0, 2, xw.shape[0]), xw.dtype)
     for k in prange(nt):
         _matvec_pair_task(xw, hw, part, x, h, Wx, Wh, k, nt)
     _sum_parts(xw, part, 0, I, K, nt)
