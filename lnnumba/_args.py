@@ -124,7 +124,7 @@ def rows(fn, x, axis):
     cdt, rdt = _DTYPES[dt] if dt in _DTYPES else dtypes(fn, "x", dt)
     shape = x.shape
     nd = len(shape)
-    if axis == -1 and nd and type(axis) is int:
+    if type(axis) is int and axis == -1 and nd:
         axis = nd - 1
         N = shape[axis]
     else:
@@ -187,7 +187,7 @@ def prepare(fn, x, weight, bias, axis):
 
     Returns (x2, w, b, shape, axis, cdt, rdt) as ``rows`` and ``param`` do.
     """
-    if type(x) is np.ndarray and axis == -1 and type(axis) is int:
+    if type(x) is np.ndarray and type(axis) is int and axis == -1:
         dt = x.dtype
         shape = x.shape
         if (dt is _F32 or dt is _F64) and len(shape) == 2 and shape[1] and x.flags.c_contiguous:

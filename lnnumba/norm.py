@@ -8,10 +8,16 @@ Semantics follow ONNX ``LayerNormalization`` / ``RMSNormalization`` (see ``lnnum
 for the executable specification and ``lnnumba._args`` for the dtype rules).
 """
 
+import sys
+
 import numpy as np
 
 from . import _args
 from .cpu import norm as _cpu
+
+_FLOAT_MAX = sys.float_info.max
+_ndarray = np.ndarray
+_SMALL = _cpu.PARALLEL_MIN_ELEMENTS  # x.size below which the forward runs serially
 
 
 def _gpu():
@@ -53,12 +59,14 @@ def layer_norm(x, weight=None, bias=None, *, eps=1e-5, axis=-1, out=None):
         0-d x, axis out of range, a zero-length normalized dimension, wrong shape of
         weight/bias/out, negative or non-finite eps, read-only out.
     """
+    y = _small(x, weight, bias, eps, axis, out, True)
+    if y is not None:
+        return y
     fn = "layer_norm"
     if type(x) is not np.ndarray and _args.is_device(x):
         return _gpu().forward(fn, x, weight, bias, eps, axis, out, True, False)
     x2, w, b, shape, axis, cdt, rdt = _args.prepare(fn, x, weight, bias, axis)
-    if eps != 1e-5:
-        eps = _args.check_eps(fn, eps)
+    eps = _args.check_eps(fn, eps)
     if out is None:  # the batch-1 fast path: no further calls
         y2 = np.empty(x2.shape, cdt)
         _cpu.forward(y2, None, None, x2, w, b, eps, True)
@@ -134,12 +142,14 @@ def rms_norm(x, weight=None, *, eps=1e-6, axis=-1, out=None):
 
     Arguments, dtypes, result and errors as ``layer_norm`` (there is no bias).
     """
+    y = _small(x, weight, None, eps, axis, out, False)
+    if y is not None:
+        return y
     fn = "rms_norm"
     if type(x) is not np.ndarray and _args.is_device(x):
         return _gpu().forward(fn, x, weight, None, eps, axis, out, False, False)
     x2, w, _, shape, axis, cdt, rdt = _args.prepare(fn, x, weight, None, axis)
-    if eps != 1e-6:
-        eps = _args.check_eps(fn, eps)
+    eps = _args.check_eps(fn, eps)
     if out is None:
         y2 = np.empty(x2.shape, cdt)
         _cpu.forward(y2, None, None, x2, w, None, eps, False)
@@ -182,6 +192,61 @@ def rms_norm_backward(dy, x, rstd, weight=None, *, axis=-1):
     dw = np.empty(N, cdt)
     _cpu.backward(dx2, dw, None, dy2, x2, None, r, w)
     return _shaped(dx2, shape, rdt), _shaped(dw, shape[axis:], rdt)
+
+
+def _small(x, w, b, eps, axis, out, center):
+    """``layer_norm`` (center) or ``rms_norm`` of a small 2-d ndarray x (the serial kernel's
+    sizes) over its last axis, without ``out``: y, or None unless every argument is already in
+    the kernels' form (x C-contiguous float32/float64 with a nonzero row length N; w and b None
+    or C-contiguous 1-d ndarrays of length N and x's dtype; eps a finite float >= 0) and the
+    kernel is compiled. The caller then runs the full checks, which raise for bad arguments.
+
+    At batch 1 the checks are most of a call's cost; these are the fewest that prove the
+    arguments valid, and the kernel's entry point is called without Numba's type dispatch.
+    """
+    if not (
+        type(x) is _ndarray
+        and out is None
+        and x.ndim == 2
+        and type(axis) is int
+        and axis == -1
+        and x.size < _SMALL
+    ):
+        return None
+    dt = x.dtype
+    N = x.shape[1]
+    if (
+        N
+        and (
+            w is None
+            or (
+                type(w) is _ndarray
+                and w.dtype is dt
+                and w.ndim == 1
+                and w.size == N
+                and w.flags.c_contiguous
+            )
+        )
+        and (
+            b is None
+            or (
+                type(b) is _ndarray
+                and b.dtype is dt
+                and b.ndim == 1
+                and b.size == N
+                and b.flags.c_contiguous
+            )
+        )
+        and type(eps) is float
+        and 0.0 <= eps <= _FLOAT_MAX
+        and x.flags.c_contiguous
+    ):
+        f = _cpu.forward_entries.get((dt, True, True, w is None, b is None))
+        if f is not None:  # (only float32/float64 entries are ever made)
+            y = np.empty((x.shape[0], N), dt)
+            f(y, None, None, x, w, b, eps, center, False, 1)
+            return y
+    return None
 
 
 def _forward_into(fn, out, x, x2, w, b, eps, center, shape, cdt, rdt):

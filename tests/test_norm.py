@@ -278,16 +278,105 @@ def test_strided_fortran_and_noncontiguous_inputs(rng):
             np.testing.assert_allclose(a, b_, rtol=1e-10, atol=1e-12)
         np.testing.assert_array_equal(x, before)
     wide = make(rng, (4, 20), np.float64)
-    np.testing.assert_allclose(
-        L.layer_norm(wide, wide[0, ::2].copy()[:20:2] if False else None),
-        R.layer_norm_forward(wide)[0],
-        rtol=1e-12,
-        atol=1e-12,
-    )
     ws = make(rng, 40, np.float64)[::2]  # strided weight
     np.testing.assert_allclose(
         L.layer_norm(wide, ws), R.layer_norm_forward(wide, ws)[0], rtol=1e-12, atol=1e-12
     )
+
+
+def _outcome(fn, args, kw):
+    """What ``fn(*args, **kw)`` gives: ("ok", result) or ("raises", exception type, message)."""
+    try:
+        return ("ok", fn(*args, **kw))
+    except (TypeError, ValueError) as e:
+        return ("raises", type(e), str(e))
+
+
+@pytest.mark.filterwarnings("ignore::PendingDeprecationWarning")  # np.matrix
+def test_small_input_short_path_equals_the_full_checks(rng, monkeypatch):
+    """layer_norm / rms_norm of small 2-d arrays skip the general argument handling when every
+    argument is already in the kernels' form. Every variant gives exactly what the full checks
+    give (the same values, or the same error), and only the canonical ones take the short path
+    (which never calls the general forward driver)."""
+    from lnnumba import norm as P
+
+    x = make(rng, (3, 16), np.float32)
+    w, b = make(rng, 16, np.float32), make(rng, 16, np.float32)
+    xd = x.astype(np.float64)
+    wide = make(rng, (2, 32), np.float32)
+    variants = {  # name: (x, weight, bias, keyword arguments, short path expected)
+        "canonical": (x, w, b, {}, True),
+        "float64": (xd, w.astype(np.float64), None, {}, True),
+        "no weight": (x, None, None, {}, True),
+        "explicit eps": (x, w, b, {"eps": 1e-3}, True),
+        "zero eps": (x, w, b, {"eps": 0.0}, True),
+        "one row": (x[:1], w, b, {}, True),
+        "strided weight": (x, wide[0, ::2], b, {}, False),
+        "strided bias": (x, w, wide[1, ::2], {}, False),
+        "2-d weight": (x, w[None], b, {}, False),
+        "2-d bias": (x, w, b[None], {}, False),
+        "short weight": (x, w[:8], b, {}, False),
+        "float64 weight": (x, w.astype(np.float64), b, {}, False),
+        "list bias": (x, w, b.tolist(), {}, False),
+        "negative eps": (x, w, b, {"eps": -1e-5}, False),
+        "nan eps": (x, w, b, {"eps": float("nan")}, False),
+        "inf eps": (x, w, b, {"eps": float("inf")}, False),
+        "numpy eps": (x, w, b, {"eps": np.float64(1e-3)}, False),
+        "int eps": (x, w, b, {"eps": 1}, False),
+        "bool eps": (x, w, b, {"eps": True}, False),
+        "string eps": (x, w, b, {"eps": "1e-5"}, False),
+        "axis 1": (x, w, b, {"axis": 1}, False),
+        "numpy axis": (x, w, b, {"axis": np.int64(-1)}, False),
+        "bool axis": (x, w, b, {"axis": True}, False),
+        "array axis": (x, w, b, {"axis": np.array([-1, -1])}, False),
+        "axis -2": (x, None, None, {"axis": -2}, False),
+        "out": (x, w, b, {"out": np.empty_like(x)}, False),
+        "fortran x": (np.asfortranarray(x), w, b, {}, False),
+        "strided x": (wide[:, ::2], w, b, {}, False),
+        "zero columns": (x[:, :0], None, None, {}, False),
+        "float16": (x.astype(np.float16), w.astype(np.float16), None, {}, False),
+        "int x": (np.arange(12).reshape(3, 4), None, None, {}, False),
+        "matrix x": (np.asmatrix(x), w, b, {}, False),
+        "1-d x": (x[0], w, b, {}, False),
+        "3-d x": (x[None], w, b, {}, False),
+        "above serial size": (np.resize(x, (K.PARALLEL_MIN_ELEMENTS // 16, 16)), w, b, {}, False),
+    }
+    for xv, wv, bv, kw, short in variants.values():  # compiles (or loads) the short path's kernels
+        if short:
+            L.layer_norm(xv, wv, bv, **kw), L.rms_norm(xv, wv, **kw)
+
+    calls = []
+    forward = K.forward
+
+    def counting_forward(*args):
+        calls.append(1)
+        return forward(*args)
+
+    monkeypatch.setattr(K, "forward", counting_forward)
+    for name, (xv, wv, bv, kw, ln_short) in variants.items():
+        # rms_norm takes no bias, so a bad bias does not keep it off the short path
+        rms_short = ln_short or name in ("strided bias", "2-d bias", "list bias")
+        for fn, args, short in [
+            (L.layer_norm, (xv, wv, bv), ln_short),
+            (L.rms_norm, (xv, wv), rms_short),
+        ]:
+            before = [np.array(a, copy=True) if a is not None else None for a in args]
+            calls.clear()
+            got = _outcome(fn, args, kw)
+            took_short = got[0] == "ok" and not calls
+            with monkeypatch.context() as m:
+                m.setattr(P, "_small", lambda *a: None)
+                want = _outcome(fn, args, kw)
+            assert got[0] == want[0] and got[1:-1] == want[1:-1], name
+            if got[0] == "ok":
+                assert type(got[1]) is type(want[1]) and got[1].dtype == want[1].dtype, name
+                np.testing.assert_array_equal(got[1], want[1], err_msg=name)
+            else:
+                assert got[2] == want[2], name
+            assert took_short == short, name
+            for a, c in zip(args, before):
+                if a is not None:
+                    np.testing.assert_array_equal(a, c, err_msg=name)
 
 
 def test_inputs_are_never_modified(rng):

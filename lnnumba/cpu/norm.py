@@ -770,7 +770,8 @@ def entry_point(dispatcher, args):
 
 # Serial forward entry points by (dtype, mean is None, rstd is None, w is None, b is None): with
 # every array C-contiguous of x's dtype (the callers' contract), that key fixes the signature.
-_forward_entries = {}
+# ``lnnumba.norm`` calls the entries without statistics directly for small inputs.
+forward_entries = {}
 
 
 def forward(y, mean, rstd, x, w, b, eps, center):
@@ -780,10 +781,10 @@ def forward(y, mean, rstd, x, w, b, eps, center):
     float32 or float64 of one dtype; eps: float.
     """
     if x.size < PARALLEL_MIN_ELEMENTS:
-        f = _forward_entries.get((x.dtype, mean is None, rstd is None, w is None, b is None))
+        f = forward_entries.get((x.dtype, mean is None, rstd is None, w is None, b is None))
         if f is None:
             args = (y, mean, rstd, x, w, b, eps, center, False, 1)
-            f = _forward_entries[(x.dtype, mean is None, rstd is None, w is None, b is None)] = (
+            f = forward_entries[(x.dtype, mean is None, rstd is None, w is None, b is None)] = (
                 entry_point(forward_serial, args)
             )
         f(y, mean, rstd, x, w, b, eps, center, False, 1)
