@@ -14,12 +14,14 @@ CELLS = [("lstm", L.LSTM), ("gru", L.GRU), ("rnn", L.RNN)]
 
 @pytest.fixture
 def split_steps(monkeypatch):
-    """Batch-of-one steps split their products whatever the weights' size and however recently
-    a BLAS product ran; returns a list that counts the split steps taken."""
+    """Batch-of-one steps split their products whatever the weights' size, however recently
+    a BLAS product ran and whatever Numba's threading layer; returns a list that counts the
+    split steps taken."""
     from lnnumba.cpu import norm as N
 
     monkeypatch.setattr(NC, "STEP_SPLIT_MIN_BYTES", 0)
     monkeypatch.setattr(N, "BLAS_SPIN_S", -1.0)
+    monkeypatch.setattr(N, "_slow_launch", False)
     calls = []
     for cls in (L.LSTM, L.GRU, L.RNN):
         orig = cls._step_one
@@ -217,6 +219,21 @@ def test_no_split_step_right_after_a_threaded_blas_product(rng, monkeypatch, spl
     assert split_steps == ["LSTM"]
     N.note_blas(1, 10**6, 10**6)  # one row: NumPy's gemv, measured not to wake BLAS threads
     assert not N.blas_recent()
+
+
+def test_no_split_step_under_a_slow_launch_threading_layer(rng, monkeypatch, split_steps):
+    # under workqueue a parallel launch costs more than the split saves: the step calls BLAS
+    from lnnumba.cpu import norm as N
+
+    cell = L.LSTM(256, 256, seed=0)
+    x = rng.standard_normal((1, 256)).astype(np.float32)
+    split = cell.step(x)
+    assert split_steps == ["LSTM"]
+    monkeypatch.setattr(N, "_slow_launch", True)
+    blas = cell.step(x)
+    assert split_steps == ["LSTM"]
+    for a, b in zip(split, blas):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
 def test_split_step_chosen_by_weight_size():

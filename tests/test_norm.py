@@ -146,6 +146,39 @@ def test_forward_four_row_blocks_and_remainders(rng, M, affine, long_rows):
     assert rel_err(y, yr) < 2e-5 and rel_err(r, rr.ravel()) < 2e-6
 
 
+def test_slow_launch_layer_raises_the_parallel_threshold(rng, monkeypatch):
+    import numba
+
+    assert K.slow_parallel_launch() == (numba.threading_layer() in K.SLOW_LAUNCH_LAYERS)
+    calls = []
+    for name in ("forward_parallel", "backward_parallel"):
+        orig = getattr(K, name)
+
+        def counted(*a, _orig=orig, _name=name):
+            calls.append(_name)
+            return _orig(*a)
+
+        monkeypatch.setattr(K, name, counted)
+    small = make(rng, (256, 512), np.float32)  # parallel unless launches are slow
+    large = make(rng, (K.SLOW_LAUNCH_PARALLEL_MIN_ELEMENTS // 512, 512), np.float32)
+    assert K.PARALLEL_MIN_ELEMENTS <= small.size < K.SLOW_LAUNCH_PARALLEL_MIN_ELEMENTS
+    for slow, x, want in [
+        (False, small, ["forward_parallel", "backward_parallel"]),
+        (True, small, []),
+        (True, large, ["forward_parallel", "backward_parallel"]),
+    ]:
+        monkeypatch.setattr(K, "_slow_launch", slow)
+        calls.clear()
+        y, m, r = L.layer_norm_forward(x)
+        dx, dw, db = L.layer_norm_backward(x, x, m, r)
+        assert calls == want, (slow, x.shape)
+        yr, mr, rr = R.layer_norm_forward(x)
+        assert rel_err(y, yr) < TOL[np.float32] * 10
+        dxr, dwr, dbr = R.layer_norm_backward(x, x, mr, rr)
+        assert dx_err(dx, dxr, rr, x, None) < TOL[np.float32] * 100
+        assert rel_err(db, dbr) < TOL[np.float32] * 10
+
+
 def test_large_public_call_uses_parallel_path_and_matches(rng):
     x = make(rng, (512, 1024), np.float32)
     assert x.size >= K.PARALLEL_MIN_ELEMENTS

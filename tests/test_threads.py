@@ -18,6 +18,10 @@ SCRIPT = textwrap.dedent(
     from concurrent.futures import ThreadPoolExecutor
     import lnnumba as L, lnnumba.cpu.norm
     from lnnumba import reference as R
+    layer_is_slow = lnnumba.cpu.norm.slow_parallel_launch()
+    assert layer_is_slow == (numba.threading_layer() == "workqueue"), numba.threading_layer()
+    # the parallel paths all the same, to show that concurrent calls to them are safe
+    lnnumba.cpu.norm._slow_launch = False
     rng = np.random.default_rng(0)
     # large enough for the parallel path, small enough to be quick
     xs = [rng.standard_normal((256, 512)).astype(np.float32) for _ in range(8)]

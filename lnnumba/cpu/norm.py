@@ -28,6 +28,7 @@ prunes the dead branches.
 import threading
 import time
 
+import numba
 import numpy as np
 from numba import get_num_threads, njit, prange
 
@@ -37,6 +38,10 @@ FASTMATH = {"reassoc", "contract", "nsz", "arcp"}
 
 # Below this many elements a call runs serially: a parallel launch costs more than it saves.
 PARALLEL_MIN_ELEMENTS = 1 << 16
+# The same under a threading layer whose launches are slow (``SLOW_LAUNCH_LAYERS``): there a
+# parallel call measured 2x slower than a serial one at 256x1024 float32 and 1.1x faster at
+# 512x1024 (forward and backward), on 2 cores.
+SLOW_LAUNCH_PARALLEL_MIN_ELEMENTS = 1 << 19
 
 # Above this many bytes of input the forward's output pass takes four rows at a time. Measured
 # side by side: about 1.1x faster at 8192x4096 float32 (128 MB), no faster at 4096x1024 (16 MB),
@@ -732,6 +737,26 @@ def backward_parallel(dx, dw, db, part_w, part_b, dy, x, mean, rstd, w):
 
 parallel_lock = threading.Lock()
 
+# Numba's threading layers whose parallel launches are slow. ``workqueue``, Numba's fallback
+# where neither TBB nor an OpenMP runtime is found (pip installs on macOS without libomp, for
+# one), wakes its sleeping threads for every parallel call: about 100 us a call measured, against
+# 2 us with OpenMP. Under it the drivers go parallel only from
+# ``SLOW_LAUNCH_PARALLEL_MIN_ELEMENTS``, and the cells' batch-of-one step never splits its
+# products (129 us split against 48 us through BLAS, LSTM I=H=256).
+SLOW_LAUNCH_LAYERS = ("workqueue",)
+_slow_launch = None
+
+
+def slow_parallel_launch():
+    """Whether Numba's threading layer is one of ``SLOW_LAUNCH_LAYERS``. Starts Numba's thread
+    pool on the first call (which fixes the layer), as the first parallel call would."""
+    global _slow_launch
+    if _slow_launch is None:
+        get_num_threads()  # starts the pool; the layer is known from then on
+        _slow_launch = numba.threading_layer() in SLOW_LAUNCH_LAYERS
+    return _slow_launch
+
+
 # OpenBLAS's worker threads keep spinning for about 0.1 s after a product big enough to use them.
 # A parallel kernel started meanwhile competes with them for the cores and can wait out a
 # scheduler time slice: on 2 cores, batch-of-one steps in the 0.1 s after a forward pass's input
@@ -790,7 +815,11 @@ def forward(y, mean, rstd, x, w, b, eps, center):
         f(y, mean, rstd, x, w, b, eps, center, False, 1)
         return
     block = x.nbytes > FORWARD_BLOCK_MIN_BYTES
-    if x.shape[0] > 1 and parallel_lock.acquire(False):
+    if (
+        x.shape[0] > 1
+        and (x.size >= SLOW_LAUNCH_PARALLEL_MIN_ELEMENTS or not slow_parallel_launch())
+        and parallel_lock.acquire(False)
+    ):
         try:
             forward_parallel(y, mean, rstd, x, w, b, eps, center, block, get_num_threads())
         finally:
@@ -825,7 +854,12 @@ def backward(dx, dw, db, dy, x, mean, rstd, w):
     part_w, part_b = _scratch_partials(nc, N, x.dtype)  # (nc, N) per-chunk partial sums
     if db is None:
         part_b = None
-    if nc > 1 and x.size >= PARALLEL_MIN_ELEMENTS and parallel_lock.acquire(False):
+    if (
+        nc > 1
+        and x.size >= PARALLEL_MIN_ELEMENTS
+        and (x.size >= SLOW_LAUNCH_PARALLEL_MIN_ELEMENTS or not slow_parallel_launch())
+        and parallel_lock.acquire(False)
+    ):
         try:
             backward_parallel(dx, dw, db, part_w, part_b, dy, x, mean, rstd, w)
         finally:

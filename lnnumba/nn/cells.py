@@ -23,7 +23,7 @@ import numpy as np
 
 from .. import _args
 from ..cpu import cells as _k
-from ..cpu.norm import blas_recent, note_blas, parallel_lock
+from ..cpu.norm import blas_recent, note_blas, parallel_lock, slow_parallel_launch
 
 # Largest recurrent matrix Wh (bytes) for which a batch of one runs its loop over time inside one
 # kernel call, with the kernel's own matrix-vector product: up to about a core's L2 cache it is
@@ -332,8 +332,9 @@ class _Cell:
 
         At batch one with weights (Wx and Wh) of ``STEP_SPLIT_MIN_BYTES`` to
         ``STEP_SPLIT_MAX_BYTES``, the two matrix-vector products are split over Numba's threads
-        and the step is one kernel call; otherwise, and for ``cpu.norm.BLAS_SPIN_S`` after one
-        of the package's products big enough for BLAS to use its threads, they go to BLAS."""
+        and the step is one kernel call; otherwise, for ``cpu.norm.BLAS_SPIN_S`` after one of
+        the package's products big enough for BLAS to use its threads, and under a threading
+        layer with slow launches (``cpu.norm.SLOW_LAUNCH_LAYERS``), they go to BLAS."""
         x_t = self._check_x(x_t, 2, "step")
         B = x_t.shape[0]
         st0 = self._check_state(state, B, "step")
@@ -346,6 +347,7 @@ class _Cell:
             B == 1
             and self._split_products(Wx, Wh)
             and not blas_recent()
+            and not slow_parallel_launch()
             and parallel_lock.acquire(False)
         ):
             try:
