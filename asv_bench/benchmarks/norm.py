@@ -36,6 +36,10 @@ class LayerNorm:
     def time_forward(self, shape, dtype):
         lnnumba.layer_norm(self.x, self.w, self.b, out=self.y)
 
+    def time_forward_new_output(self, shape, dtype):
+        # without out=: the serving call, whose Python side dominates at batch 1
+        lnnumba.layer_norm(self.x, self.w, self.b)
+
     def time_forward_with_stats(self, shape, dtype):
         lnnumba.layer_norm_forward(self.x, self.w, self.b)
 
