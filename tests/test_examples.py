@@ -105,6 +105,8 @@ def test_long_sequences_runs(tmp_path, capsys):
     assert "64 steps" in capsys.readouterr().out
 
 
+# Starlette 1.x's test client asks for the httpx2 fork of httpx; the server does not use either
+@pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient` is deprecated")
 def test_serve_api(tmp_path, text):
     pytest.importorskip("starlette")
     pytest.importorskip("httpx")
