@@ -3,6 +3,7 @@
 Public names are re-exported here; nothing is defined in this module.
 """
 
+from ._memory import release_memory
 from .nn.cells import GRU, LSTM, RNN
 from .nn.layers import BatchNorm, Embedding, Linear
 from .nn.norm import LayerNorm, RMSNorm
@@ -51,6 +52,7 @@ __all__ = [
     "layer_norm_backward",
     "layer_norm_forward",
     "load_checkpoint",
+    "release_memory",
     "rms_norm",
     "rms_norm_backward",
     "rms_norm_forward",

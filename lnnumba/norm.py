@@ -1,6 +1,7 @@
 """Public layer norm and RMSNorm: check the arguments once, allocate, call one kernel.
 
-NumPy arrays run on the CPU kernels; device arrays (Numba's, or anything exporting
+NumPy arrays run on the CPU kernels, into outputs from ``_memory.empty`` (which reuses the
+memory of large ones); device arrays (Numba's, or anything exporting
 ``__cuda_array_interface__``: CuPy arrays, PyTorch CUDA tensors) run on the CUDA kernels and
 return Numba device arrays (see ``lnnumba.gpu.norm``).
 
@@ -12,7 +13,7 @@ import sys
 
 import numpy as np
 
-from . import _args
+from . import _args, _memory
 from .cpu import norm as _cpu
 
 _FLOAT_MAX = sys.float_info.max
@@ -49,6 +50,8 @@ def layer_norm(x, weight=None, bias=None, *, eps=1e-5, axis=-1, out=None):
     Returns
     -------
     y : ndarray, x's shape, the result dtype (float16 for float16 x, float64 for integer x)
+        (``out`` itself when given). Outputs of 32 MB or more reuse the memory of freed ones
+        and do not own it (see ``lnnumba.release_memory``).
 
     Raises
     ------
@@ -68,7 +71,7 @@ def layer_norm(x, weight=None, bias=None, *, eps=1e-5, axis=-1, out=None):
     x2, w, b, shape, axis, cdt, rdt = _args.prepare(fn, x, weight, bias, axis)
     eps = _args.check_eps(fn, eps)
     if out is None:  # the batch-1 fast path: no further calls
-        y2 = np.empty(x2.shape, cdt)
+        y2 = _memory.empty(x2.shape, cdt)
         _cpu.forward(y2, None, None, x2, w, b, eps, True)
         return y2 if x2 is x else _shaped(y2, shape, rdt)
     return _forward_into(fn, out, x, x2, w, b, eps, True, shape, cdt, rdt)
@@ -88,7 +91,7 @@ def layer_norm_forward(x, weight=None, bias=None, *, eps=1e-5, axis=-1):
     x2, w, b, shape, axis, cdt, rdt = _args.prepare(fn, x, weight, bias, axis)
     eps = _args.check_eps(fn, eps)
     M = x2.shape[0]
-    y2 = np.empty(x2.shape, cdt)
+    y2 = _memory.empty(x2.shape, cdt)
     mean = np.empty(M, cdt)
     rstd = np.empty(M, cdt)
     _cpu.forward(y2, mean, rstd, x2, w, b, eps, True)
@@ -127,7 +130,7 @@ def layer_norm_backward(dy, x, mean, rstd, weight=None, *, axis=-1):
     m = _args.stat(fn, "mean", mean, shape, axis, cdt)
     r = _args.stat(fn, "rstd", rstd, shape, axis, cdt)
     w = _args.param(fn, "weight", weight, shape, axis, cdt, rdt)
-    dx2 = np.empty(x2.shape, cdt)
+    dx2 = _memory.empty(x2.shape, cdt)
     dw = np.empty(N, cdt)
     db = np.empty(N, cdt)
     _cpu.backward(dx2, dw, db, dy2, x2, m, r, w)
@@ -151,7 +154,7 @@ def rms_norm(x, weight=None, *, eps=1e-6, axis=-1, out=None):
     x2, w, _, shape, axis, cdt, rdt = _args.prepare(fn, x, weight, None, axis)
     eps = _args.check_eps(fn, eps)
     if out is None:
-        y2 = np.empty(x2.shape, cdt)
+        y2 = _memory.empty(x2.shape, cdt)
         _cpu.forward(y2, None, None, x2, w, None, eps, False)
         return y2 if x2 is x else _shaped(y2, shape, rdt)
     return _forward_into(fn, out, x, x2, w, None, eps, False, shape, cdt, rdt)
@@ -167,7 +170,7 @@ def rms_norm_forward(x, weight=None, *, eps=1e-6, axis=-1):
         return _gpu().forward(fn, x, weight, None, eps, axis, None, False, True)
     x2, w, _, shape, axis, cdt, rdt = _args.prepare(fn, x, weight, None, axis)
     eps = _args.check_eps(fn, eps)
-    y2 = np.empty(x2.shape, cdt)
+    y2 = _memory.empty(x2.shape, cdt)
     rstd = np.empty(x2.shape[0], cdt)
     _cpu.forward(y2, None, rstd, x2, w, None, eps, False)
     return _shaped(y2, shape, rdt), rstd.reshape(_args.stats_shape(shape, axis))
@@ -188,7 +191,7 @@ def rms_norm_backward(dy, x, rstd, weight=None, *, axis=-1):
     dy2 = _args.like_x(fn, "dy", dy, shape, N, cdt, rdt)
     r = _args.stat(fn, "rstd", rstd, shape, axis, cdt)
     w = _args.param(fn, "weight", weight, shape, axis, cdt, rdt)
-    dx2 = np.empty(x2.shape, cdt)
+    dx2 = _memory.empty(x2.shape, cdt)
     dw = np.empty(N, cdt)
     _cpu.backward(dx2, dw, None, dy2, x2, None, r, w)
     return _shaped(dx2, shape, rdt), _shaped(dw, shape[axis:], rdt)
