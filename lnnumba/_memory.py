@@ -17,6 +17,7 @@ that gives it back), so ``a.resize`` cannot resize it in place.
 """
 
 import math
+import os
 import threading
 
 import numpy as np
@@ -32,6 +33,16 @@ _free = {}  # size in bytes -> free buffers (uint8 arrays of size + _ALIGN bytes
 _free_bytes = 0
 _lock = threading.RLock()  # reentrant: a lease freed by the garbage collector inside a locked
 # section, on the same thread, gives its buffer back through the same lock
+
+
+def _new_lock():
+    """A fresh lock in a forked child: the parent's may have been held by another thread."""
+    global _lock
+    _lock = threading.RLock()
+
+
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(after_in_child=_new_lock)
 
 
 class _Lease:

@@ -117,3 +117,45 @@ def test_threads_never_share_live_memory(pool, rng):
             np.testing.assert_allclose(y - i, want, rtol=1e-4, atol=1e-4)
             assert y.ctypes.data not in ptrs
             ptrs.add(y.ctypes.data)
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs os.fork")
+def test_forked_child_can_allocate_while_a_parent_thread_holds_the_lock(pool):
+    import os
+    import signal
+    import threading
+    import time
+
+    holding, release = threading.Event(), threading.Event()
+
+    def hold():
+        with P._lock:
+            holding.set()
+            release.wait(10)
+
+    th = threading.Thread(target=hold)
+    th.start()
+    holding.wait(10)
+    try:
+        pid = os.fork()
+        if pid == 0:  # the child: its copy of the lock is held by a thread it does not have
+            code = 1
+            try:
+                a = pool.empty((4096,), np.float32)
+                del a
+                code = 0 if pool.free_bytes() == 16384 else 2
+            finally:
+                os._exit(code)
+        for _ in range(1000):  # up to 10 s; a child stuck on the lock is killed
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            time.sleep(0.01)
+        else:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            pytest.fail("the forked child blocked on the pool's lock")
+    finally:
+        release.set()
+        th.join()
+    assert os.waitstatus_to_exitcode(status) == 0
