@@ -120,6 +120,7 @@ def test_threads_never_share_live_memory(pool, rng):
 
 
 @pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs os.fork")
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded")  # Python >= 3.12
 def test_forked_child_can_allocate_while_a_parent_thread_holds_the_lock(pool):
     import os
     import signal
