@@ -168,9 +168,10 @@ of four rows twice (the second time from cache) and loads w and the weight-gradi
 accumulators once per four rows. At 4096x1024 float32 PyTorch's forward also runs near the
 copy roofline, so the forward's ratio to PyTorch there swings with the machine's noise from
 run to run more than with the code. Outputs allocated per call (the `ln fwd µs` and
-`ln bwd µs` columns include them) land on fresh pages once they outgrow the allocator's reuse
-(32 MB and up): the page faults, with transparent huge pages and direct compaction, can cost
-more than the kernel, and vary from run to run (4096x1024 float64).
+`ln bwd µs` columns include them) of 32 MB and up would land on fresh pages, which the OS
+zeroes on first touch (glibc maps allocations that large anew each time): lnnumba takes them
+from its pool of freed outputs instead (`lnnumba._memory`), PyTorch allocates them anew
+(4096x1024 float64, 8192x4096 float32).
 
 ## CPU: start-up
 
