@@ -757,6 +757,15 @@ def slow_parallel_launch():
     return _slow_launch
 
 
+def _parallel_pays(n):
+    """Whether a driver's parallel call over n elements saves more than its launch costs:
+    from ``PARALLEL_MIN_ELEMENTS``, or ``SLOW_LAUNCH_PARALLEL_MIN_ELEMENTS`` under a threading
+    layer with slow launches."""
+    if n < PARALLEL_MIN_ELEMENTS:
+        return False
+    return n >= SLOW_LAUNCH_PARALLEL_MIN_ELEMENTS or not slow_parallel_launch()
+
+
 # OpenBLAS's worker threads keep spinning for about 0.1 s after a product big enough to use them.
 # A parallel kernel started meanwhile competes with them for the cores and can wait out a
 # scheduler time slice: on 2 cores, batch-of-one steps in the 0.1 s after a forward pass's input
@@ -815,11 +824,7 @@ def forward(y, mean, rstd, x, w, b, eps, center):
         f(y, mean, rstd, x, w, b, eps, center, False, 1)
         return
     block = x.nbytes > FORWARD_BLOCK_MIN_BYTES
-    if (
-        x.shape[0] > 1
-        and (x.size >= SLOW_LAUNCH_PARALLEL_MIN_ELEMENTS or not slow_parallel_launch())
-        and parallel_lock.acquire(False)
-    ):
+    if x.shape[0] > 1 and _parallel_pays(x.size) and parallel_lock.acquire(False):
         try:
             forward_parallel(y, mean, rstd, x, w, b, eps, center, block, get_num_threads())
         finally:
@@ -854,12 +859,7 @@ def backward(dx, dw, db, dy, x, mean, rstd, w):
     part_w, part_b = _scratch_partials(nc, N, x.dtype)  # (nc, N) per-chunk partial sums
     if db is None:
         part_b = None
-    if (
-        nc > 1
-        and x.size >= PARALLEL_MIN_ELEMENTS
-        and (x.size >= SLOW_LAUNCH_PARALLEL_MIN_ELEMENTS or not slow_parallel_launch())
-        and parallel_lock.acquire(False)
-    ):
+    if nc > 1 and _parallel_pays(x.size) and parallel_lock.acquire(False):
         try:
             backward_parallel(dx, dw, db, part_w, part_b, dy, x, mean, rstd, w)
         finally:
