@@ -111,11 +111,11 @@ def test_serial_parallel_and_blocked_paths_are_identical(rng, dtype):
     ]:
         for block in (False, True):  # the forward's output pass one row or four at a time
             y, m, r = np.empty_like(x), np.empty(M, dtype), np.empty(M, dtype)
-            fwd(y, m, r, x, w, b, 1e-5, True, block, 2)
+            fwd(y, m, r, x, w, b, 1e-5, True, block, False, 2)
             dx, dw, db = np.empty_like(x), np.empty(N, dtype), np.empty(N, dtype)
             nc = K.n_chunks(M)
             junk = np.full((nc, N), np.nan, dtype)  # scratch contents must not matter
-            bwd(dx, dw, db, junk, junk.copy(), dy, x, m, r, w)
+            bwd(dx, dw, db, junk, junk.copy(), dy, x, m, r, w, False)
             outs.append((y, m, r, dx, dw, db))
     for other in outs[1:]:
         for a, b_ in zip(outs[0], other):
@@ -137,11 +137,11 @@ def test_forward_four_row_blocks_and_remainders(rng, M, affine, long_rows):
     w = make(rng, N, np.float32) if affine != "none" else None
     b = make(rng, N, np.float32) if affine == "both" else None
     y, m, r = np.empty_like(x), np.empty(M), np.empty(M)
-    K.forward_serial(y, m, r, x, w, b, 1e-5, True, True, 1)
+    K.forward_serial(y, m, r, x, w, b, 1e-5, True, True, False, 1)
     yr, mr, rr = R.layer_norm_forward(x, w, b)
     assert rel_err(y, yr) < 2e-5
     assert rel_err(m, mr.ravel()) < 2e-6 and rel_err(r, rr.ravel()) < 2e-6
-    K.forward_serial(y, None, r, x, w, None, 1e-6, False, True, 1)
+    K.forward_serial(y, None, r, x, w, None, 1e-6, False, True, False, 1)
     yr, rr = R.rms_norm_forward(x, w)
     assert rel_err(y, yr) < 2e-5 and rel_err(r, rr.ravel()) < 2e-6
 
@@ -235,7 +235,7 @@ def test_float32_large_mean_stays_accurate(rng, N):
     assert rel_err(y, yr) < 1e-4
     # the blocked forward of large inputs (fused for N=4096), on these rows
     yb, mb, rb = np.empty_like(x), np.empty(10), np.empty(10)
-    K.forward_serial(yb, mb, rb, x, w, None, 1e-5, True, True, 1)
+    K.forward_serial(yb, mb, rb, x, w, None, 1e-5, True, True, False, 1)
     assert rel_err(yb, yr) < 1e-4 and rel_err(mb, mr.ravel()) < 1e-7
     for a, b_ in zip(
         L.layer_norm_backward(dy, x, m, r, w), R.layer_norm_backward(dy, x, mr, rr, w)

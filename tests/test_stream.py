@@ -1,0 +1,169 @@
+"""Non-temporal stores (``lnnumba.cpu.stream``) and the passes that write large outputs with
+them, against the float64 reference."""
+
+import threading
+
+import numpy as np
+import pytest
+from _helpers import dx_err, rel_err
+
+import lnnumba as L
+from lnnumba import reference as R
+from lnnumba.cpu import norm as K
+from lnnumba.cpu.stream import LINE_BYTES, stream_copy
+
+
+def make(rng, shape, dtype):
+    return (rng.standard_normal(shape) * 2 + 0.5).astype(dtype)
+
+
+def at_offset(shape, dtype, offset):
+    """A C-contiguous array of NaNs starting ``offset`` elements past a line boundary."""
+    n = int(np.prod(shape))
+    per_line = LINE_BYTES // np.dtype(dtype).itemsize
+    buf = np.full(n + 2 * per_line, np.nan, dtype)
+    start = (-buf.ctypes.data % LINE_BYTES) // buf.itemsize + offset
+    a = buf[start : start + n].reshape(shape)
+    assert (a.ctypes.data - offset * a.itemsize) % LINE_BYTES == 0
+    return a
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_stream_copy_every_alignment_and_length(dtype):
+    per_line = LINE_BYTES // np.dtype(dtype).itemsize
+    for k in range(per_line + 1):  # every start within a line, and the next line
+        for n in [0, 1, per_line - 1, per_line, per_line + 1, 3 * per_line + 5]:
+            dst = at_offset(5 * per_line, dtype, 0)
+            src = np.arange(1, n + 1, dtype=dtype)
+            before = dst.copy()
+            stream_copy(dst, k, src)
+            want = before
+            want[k : k + n] = src
+            np.testing.assert_array_equal(dst, want)  # NaN where untouched
+
+
+def test_stream_copy_into_an_array_not_aligned_to_its_dtype():
+    raw = np.zeros(4 * 40 + 1, np.uint8)
+    dst = raw[1:].view(np.float32)  # misaligned: ordinary stores throughout
+    assert not dst.flags.aligned
+    src = np.arange(1, 38, dtype=np.float32)
+    stream_copy(dst, 2, src)
+    np.testing.assert_array_equal(dst[2:39], src)
+    assert np.all(dst[:2] == 0) and dst[39] == 0
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("N", [48, 37, K.FUSE_MIN_ROW_BYTES // 4 + 16])
+@pytest.mark.parametrize("offset", [0, 1, 3])
+@pytest.mark.parametrize("affine", ["none", "weight", "both"])
+def test_streamed_passes_match_the_reference(rng, dtype, N, offset, affine):
+    # every split of the rows into blocks of four and the rest, LN and RMSNorm, serial and
+    # parallel, with and without weight and bias, on outputs that start on and off a line
+    # boundary; rows that are not a whole number of lines (N=37) fall back to ordinary stores
+    tol = 2e-5 if dtype == np.float32 else 1e-12
+    in_phase = N * np.dtype(dtype).itemsize % LINE_BYTES == 0
+    for M in [1, 4, 7, 8, 9, 13, 16]:
+        x = (3 + make(rng, (M, N), dtype)).astype(dtype)
+        dy = make(rng, (M, N), dtype)
+        w = make(rng, N, dtype) if affine != "none" else None
+        b = make(rng, N, dtype) if affine == "both" else None
+        yr, mr, rr = R.layer_norm_forward(x, w, b)
+        dxr, dwr, dbr = R.layer_norm_backward(dy, x, mr, rr, w)
+        for fwd in (K.forward_serial, K.forward_parallel):
+            y, m, r = at_offset((M, N), dtype, offset), np.empty(M, dtype), np.empty(M, dtype)
+            fwd(y, m, r, x, w, b, 1e-5, True, True, True, 2)
+            assert rel_err(y, yr) < tol and rel_err(r, rr.ravel()) < tol
+        for bwd in (K.backward_serial, K.backward_parallel):
+            part = np.full((K.n_chunks(M), N), np.nan, dtype)
+            dx = at_offset((M, N), dtype, offset)
+            dw, db = np.empty(N, dtype), np.empty(N, dtype)
+            bwd(dx, dw, db, part, part.copy(), dy, x, m, r, w, True)
+            assert dx_err(dx, dxr, rr, dy, w) < tol * 10
+            assert rel_err(dw, dwr) < tol and rel_err(db, dbr) < tol
+        # the streaming loops do every block of four rows, or nothing where the rows are
+        # not in phase
+        done = 4 * (M // 4) if in_phase else 0
+        assert K._forward_rows_stream(y, m, r, x, w, b, 1e-5, True, 0, M) == done
+        assert K._backward_rows_stream(dx, dw, db, dy, x, m, r, w, 0, M) == done
+        # RMSNorm
+        y, r = at_offset((M, N), dtype, offset), np.empty(M, dtype)
+        K.forward_serial(y, None, r, x, w, None, 1e-6, False, True, True, 1)
+        yq, rq = R.rms_norm_forward(x, w)
+        assert rel_err(y, yq) < tol and rel_err(r, rq.ravel()) < tol
+        dx, dw = at_offset((M, N), dtype, offset), np.empty(N, dtype)
+        part = np.empty((K.n_chunks(M), N), dtype)
+        K.backward_serial(dx, dw, None, part, None, dy, x, None, r, w, True)
+        dxq, dwq = R.rms_norm_backward(dy, x, rq, w)
+        assert dx_err(dx, dxq, rq, dy, w) < tol * 10 and rel_err(dw, dwq) < tol
+
+
+def test_streamed_passes_keep_large_means_accurate(rng):
+    # float32 rows of 1e4 + N(0, 1): the shifted statistics survive the streaming passes
+    N = 1024
+    x = (1e4 + rng.standard_normal((12, N))).astype(np.float32)
+    dy = rng.standard_normal((12, N)).astype(np.float32)
+    w = (1 + 0.1 * rng.standard_normal(N)).astype(np.float32)
+    y, m, r = at_offset((12, N), np.float32, 0), np.empty(12), np.empty(12)
+    K.forward_serial(y, m, r, x, w, None, 1e-5, True, True, True, 1)
+    yr, mr, rr = R.layer_norm_forward(x, w)
+    assert rel_err(y, yr) < 1e-4 and rel_err(m, mr.ravel()) < 1e-7
+    dx, dw, db = at_offset((12, N), np.float32, 0), np.empty(N, np.float32), np.empty(N, np.float32)
+    part = np.empty((K.n_chunks(12), N), np.float32)
+    K.backward_serial(dx, dw, db, part, part.copy(), dy, x, m.astype(np.float32),
+                      r.astype(np.float32), w, True)  # fmt: skip
+    for a, b_ in zip((dx, dw, db), R.layer_norm_backward(dy, x, mr, rr, w)):
+        assert rel_err(a, b_) < 1e-4
+
+
+def test_public_calls_stream_large_outputs(rng, monkeypatch):
+    x = make(rng, (256, 320), np.float32)  # past the serial-only size; rows of whole lines
+    dy = make(rng, x.shape, np.float32)
+    w, b = make(rng, 320, np.float32), make(rng, 320, np.float32)
+    want = [
+        L.layer_norm(x, w, b),
+        *L.layer_norm_backward(dy, x, *L.layer_norm_forward(x, w, b)[1:], w),
+        L.rms_norm(x, w),
+    ]
+    streamed = []
+    for name in ("forward_parallel", "forward_serial", "backward_parallel", "backward_serial"):
+        orig = getattr(K, name)
+
+        def spy(*a, _orig=orig):
+            streamed.append(a[-2] if "forward" in _orig.__name__ else a[-1])
+            return _orig(*a)
+
+        monkeypatch.setattr(K, name, spy)
+    assert not K._streams(x)  # 320 KB: ordinary stores
+    monkeypatch.setattr(K, "STREAM_MIN_BYTES", x.nbytes)
+    assert K._streams(x)
+    y = L.layer_norm(x, w, b)
+    _, mean, rstd = L.layer_norm_forward(x, w, b)
+    dx, dw, db = L.layer_norm_backward(dy, x, mean, rstd, w)
+    yq = L.rms_norm(x, w)
+    assert streamed == [True] * 4
+    for a, b_ in zip([y, dx, dw, db, yq], want):
+        assert rel_err(a, b_) < 1e-5
+    monkeypatch.setattr(K, "STREAM_MAX_ROW_BYTES", x.shape[1] * x.itemsize - 1)
+    assert not K._streams(x)  # rows too long for the four-row buffer to stay in L2
+
+
+def test_streamed_outputs_from_many_threads(rng, monkeypatch):
+    # every thread's streamed output is complete when its call returns
+    monkeypatch.setattr(K, "STREAM_MIN_BYTES", 0)
+    x = make(rng, (48, 2048), np.float32)
+    w = make(rng, 2048, np.float32)
+    ref = R.layer_norm_forward(x, w)[0]
+    errors = []
+
+    def work():
+        for _ in range(20):
+            y = L.layer_norm(x, w)
+            if not rel_err(y, ref) < 1e-5:
+                errors.append(rel_err(y, ref))
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
