@@ -60,6 +60,15 @@ def _check(value, target, higher=True, fmt="{:.2f}"):
     return fmt.format(value), "yes" if ok else "**no**"
 
 
+def _stream_gains(rows):
+    """'shape dtype: plain copy time / streaming copy time' for the shapes that have both."""
+    return ", ".join(
+        f"{r['shape']} {r['dtype']} {r['times_us']['copy'] / r['times_us']['copy_stream']:.2f}x"
+        for r in rows
+        if "copy_stream" in r["times_us"] and not r["shape"].startswith("1x")
+    )
+
+
 def render(data, gpu):
     import cells
     import char_lm_speed
@@ -152,9 +161,11 @@ Machine: {info["machine"]}; {versions}; Numba threading layer `{info["threading_
 `fwd_of_roofline` = time of a parallel copy of x into y (the bytes a forward pass moves) / the
 forward's time (into `out=`); `bwd_of_roofline` = 1.5 x copy time / backward time;
 `bwd_of_triad` = time of dx = x + dy (exactly the backward's bytes and working set) / backward
-time; `*_vs_*` = peer time / lnnumba time, > 1 when lnnumba is faster (forward through the public
-`layer_norm`, argument checks and allocation included; ONNX Runtime runs one LayerNormalization
-node); `rms_*_vs_ln` = LN time / RMSNorm time. The last two columns are lnnumba's own times.
+time. Copy and triad are each timed with ordinary and with non-temporal stores, and the faster
+counts (plain copy time / streaming copy time here: {_stream_gains(rows)}). `*_vs_*` = peer
+time / lnnumba time, > 1 when lnnumba is faster (forward through the public `layer_norm`,
+argument checks and allocation included; ONNX Runtime runs one LayerNormalization node);
+`rms_*_vs_ln` = LN time / RMSNorm time. The last two columns are lnnumba's own times.
 
 {compare.table(rows)}
 
@@ -167,8 +178,13 @@ bandwidth; whether the backward's three arrays fit too depends on the machine, w
 of four rows twice (the second time from cache) and loads w and the weight-gradient
 accumulators once per four rows. At 4096x1024 float32 PyTorch's forward also runs near the
 copy roofline, so the forward's ratio to PyTorch there swings with the machine's noise from
-run to run more than with the code. Outputs allocated per call (the `ln fwd µs` and
-`ln bwd µs` columns include them) of 32 MB and up would land on fresh pages, which the OS
+run to run more than with the code. Outputs of 32 MB and more are written with non-temporal
+stores (`lnnumba.cpu.stream`): a cache line at a time from vector registers, while the next
+block of rows is prefetched, so that the memory system reads and writes at once; at 8192x4096
+float32 that made the forward 1.5x and the backward 1.3x faster than ordinary stores, and it is
+why a streaming copy, not a plain one, is the roofline there. Outputs allocated per call (the
+`ln fwd µs` and `ln bwd µs` columns include them) of 32 MB and up would land on fresh pages,
+which the OS
 zeroes on first touch (glibc maps allocations that large anew each time): lnnumba takes them
 from its pool of freed outputs instead (`lnnumba._memory`), PyTorch allocates them anew
 (4096x1024 float64, 8192x4096 float32).
