@@ -632,8 +632,8 @@ def _forward_rows(y, mean, rstd, x, w, b, eps, center, block, stream, lo, hi):
     """Rows lo..hi-1 of the forward pass; with ``block``, the output pass takes four rows at
     a time (the statistics are still taken row by row), and for rows longer than
     ``FUSE_MIN_ROW_BYTES`` runs fused with the next four rows' statistics. ``stream`` writes
-    blocks of four rows with non-temporal stores instead (``_forward_rows_stream``; y's rows
-    must start on cache lines), then fences them.
+    blocks of four rows with non-temporal stores instead where y's rows allow it
+    (``_forward_rows_stream``), then fences them.
 
     y: (M, N) out; mean, rstd: (M,) out or None; x: (M, N); w, b: (N,) or None.
     """
@@ -641,7 +641,7 @@ def _forward_rows(y, mean, rstd, x, w, b, eps, center, block, stream, lo, hi):
     i = lo
     if stream:
         i = _forward_rows_stream(y, mean, rstd, x, w, b, eps, center, lo, hi)
-    elif block and x.shape[1] * x.itemsize > FUSE_MIN_ROW_BYTES:
+    if i == lo and block and x.shape[1] * x.itemsize > FUSE_MIN_ROW_BYTES:
         i = _forward_rows_fused(y, mean, rstd, x, w, b, eps, center, lo, hi)
     if block:
         while i + 4 <= hi:
