@@ -160,3 +160,46 @@ def test_forked_child_can_allocate_while_a_parent_thread_holds_the_lock(pool):
         release.set()
         th.join()
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_zeros_from_the_pool_are_zeros(pool):
+    a = pool.empty((256, 4), np.float32)
+    a[...] = np.nan  # dirty memory goes back to the pool
+    pa = a.ctypes.data
+    del a
+    z = pool.zeros((256, 4), np.float32)
+    assert z.ctypes.data == pa and not z.flags.owndata and np.all(z == 0)
+    small = pool.zeros((3,), np.float64)
+    assert small.flags.owndata and np.all(small == 0)
+    # min_bytes overrides the threshold: here everything from 8 bytes is pooled
+    assert not pool.empty((2,), np.float32, min_bytes=8).flags.owndata
+    assert pool.empty((256, 4), np.float32, min_bytes=1 << 30).flags.owndata
+
+
+@pytest.mark.parametrize("Cell", [L.LSTM, L.GRU, L.RNN])
+def test_cells_reuse_their_pooled_buffers_exactly(monkeypatch, Cell):
+    # the cells' per-call buffers come from the pool at BUFFER_MIN_BYTES: a second pass
+    # over other inputs, on buffers the first left dirty, equals a pass on fresh memory
+    monkeypatch.setattr(P, "BUFFER_MIN_BYTES", 1 << 10)
+    P.release_memory()
+    rng = np.random.default_rng(3)
+    cell = Cell(16, 32, seed=0)
+    x1, x2 = rng.standard_normal((2, 9, 6, 16)).astype(np.float32)
+    lengths = np.array([9, 4, 0, 9, 1, 7])
+    hs, _, cache = cell.forward(x1 * 5, lengths=lengths)
+    cell.backward(hs, cache)
+    assert not cache.xw.flags.owndata  # pooled
+    del hs, cache
+    assert P.free_bytes() > 0
+    got = cell.forward(x2, lengths=lengths)
+    got_b = cell.backward(got[0] + 1, got[2])
+    monkeypatch.setattr(P, "BUFFER_MIN_BYTES", 1 << 60)  # fresh memory throughout
+    want = cell.forward(x2, lengths=lengths)
+    want_b = cell.backward(want[0] + 1, want[2])
+    np.testing.assert_array_equal(got[0], want[0])
+    for a, b in zip(got[1], want[1]):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(got_b[0], want_b[0])
+    for k in want_b[1]:
+        np.testing.assert_array_equal(got_b[1][k], want_b[1][k])
+    P.release_memory()
