@@ -8,9 +8,7 @@ against 1.7 ms from reused memory, its backward 6.0 ms against 2.6-4.0 ms.
 
 ``empty`` hands out such arrays from a pool of freed buffers: an array's memory goes back to the
 pool when the array and every view of it are gone, and the next allocation of the same number
-of bytes takes it. Smaller arrays come from ``np.empty``. The recurrent cells take their
-per-call buffers (products, activations, statistics: what a ``CellCache`` holds) from the pool
-from ``BUFFER_MIN_BYTES``. The pool keeps at most
+of bytes takes it. Smaller arrays come from ``np.empty``. The pool keeps at most
 ``POOL_MAX_BYTES`` of free memory; ``release_memory()`` (public as ``lnnumba.release_memory``)
 hands it all back to the operating system.
 
@@ -26,14 +24,6 @@ import numpy as np
 
 # Arrays of at least this many bytes come from the pool.
 POOL_MIN_BYTES = 32 << 20
-# The same for the recurrent cells' per-call buffers (``min_bytes=BUFFER_MIN_BYTES``): a forward
-# pass allocates several of a few MB each and frees them together. Whether glibc then keeps that
-# memory or hands it back to the OS (and the next pass faults every page in afresh) depends on
-# what else the process holds. Measured on 2 cores, forward of an LSTM without LN, T=100, B=32,
-# I=128, H=256, with 50 MB of other arrays alive: 32-54 ms from glibc, 22-24 ms from the pool
-# (22 ms with glibc told to keep its memory); LN-LSTM H=512 in an otherwise empty process:
-# 82-85 ms against 72-74 ms; training steps (forward and backward) in an empty process: the same.
-BUFFER_MIN_BYTES = 1 << 20
 # Free memory the pool keeps for reuse, at most; a buffer freed past this is released.
 POOL_MAX_BYTES = 512 << 20
 # Alignment of a pooled array's data (a cache line, and an AVX-512 vector).
@@ -98,28 +88,17 @@ def _take(nbytes):
         return bufs.pop()
 
 
-def empty(shape, dtype, min_bytes=None):
-    """``np.empty(shape, dtype)`` (C order), from the pool when it takes ``min_bytes`` or more
-    (None: ``POOL_MIN_BYTES``). shape: tuple of ints; dtype: a NumPy dtype; min_bytes: int."""
+def empty(shape, dtype):
+    """``np.empty(shape, dtype)`` (C order), from the pool when it takes ``POOL_MIN_BYTES`` or
+    more. shape: tuple of ints; dtype: a NumPy dtype."""
     dtype = np.dtype(dtype)
     nbytes = math.prod(shape) * dtype.itemsize
-    if nbytes < (POOL_MIN_BYTES if min_bytes is None else min_bytes):
+    if nbytes < POOL_MIN_BYTES:
         return np.empty(shape, dtype)
     buf = _take(nbytes)
     if buf is None:
         buf = np.empty(nbytes + _ALIGN, np.uint8)
     return np.asarray(_Lease(buf, nbytes, tuple(shape), dtype))
-
-
-def zeros(shape, dtype, min_bytes=None):
-    """``np.zeros(shape, dtype)``, from the pool (filled with zeros) when it takes ``min_bytes``
-    or more; arguments as ``empty``."""
-    dtype = np.dtype(dtype)
-    if math.prod(shape) * dtype.itemsize < (POOL_MIN_BYTES if min_bytes is None else min_bytes):
-        return np.zeros(shape, dtype)  # calloc: pages of zeros, touched only where written
-    a = empty(shape, dtype, min_bytes)
-    a.fill(0)
-    return a
 
 
 def free_bytes():

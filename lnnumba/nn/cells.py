@@ -21,7 +21,7 @@ from typing import NamedTuple
 import numba
 import numpy as np
 
-from .. import _args, _memory
+from .. import _args
 from ..cpu import cells as _k
 from ..cpu.norm import blas_recent, note_blas, parallel_lock, slow_parallel_launch
 
@@ -104,13 +104,7 @@ class _Cell:
         return a
 
     def _zeros(self, shape):
-        """A zero-filled buffer of the cell's dtype, from the pool of freed buffers when it is
-        large (``_memory.BUFFER_MIN_BYTES``)."""
-        return _memory.zeros(shape, self.dtype, _memory.BUFFER_MIN_BYTES)
-
-    def _empty_buffer(self, shape):
-        """``_zeros`` without the zeros, for buffers the kernels write in full."""
-        return _memory.empty(shape, self.dtype, _memory.BUFFER_MIN_BYTES)
+        return np.zeros(shape, self.dtype)
 
     def _step_params(self):
         """The parameters the step kernels (``_step``, ``_steps``) take, in their order."""
@@ -249,8 +243,7 @@ class _Cell:
         st0 = self._check_state(state, B, "forward")
         active = self._check_lengths(lengths, T, B)
         Wx, Wh = self._p("Wx"), self._p("Wh")
-        xw = self._empty_buffer((T, B, GH))
-        np.matmul(x.reshape(T * B, I), Wx, out=xw.reshape(T * B, GH))  # one GEMM for all steps
+        xw = (x.reshape(T * B, I) @ Wx).reshape(T, B, GH)  # one GEMM for all steps
         note_blas(T * B, GH, I)
         h = self._zeros((T + 1, B, H))
         h[0] = st0[0]
@@ -435,9 +428,9 @@ class LSTM(_Cell):
     def _buffers(self, T, B):
         H, dt = self.hidden_size, self.dtype
         return (
-            self._empty_buffer((T, B, 4 * H)),
-            self._zeros((T, B, 6)),
-            self._empty_buffer((T, B, H)),
+            np.empty((T, B, 4 * H), dt),
+            np.zeros((T, B, 6), dt),
+            np.empty((T, B, H), dt),
             np.empty(4 * H, dt),
         )
 
@@ -523,8 +516,8 @@ class GRU(_Cell):
     def _buffers(self, T, B):
         H, dt = self.hidden_size, self.dtype
         return (
-            self._empty_buffer((T, B, 4 * H)),
-            self._zeros((T, B, 8)),
+            np.empty((T, B, 4 * H), dt),
+            np.zeros((T, B, 8), dt),
             self._empty,
             np.empty((2, 3 * H), dt),
         )
@@ -603,7 +596,7 @@ class RNN(_Cell):
 
     def _buffers(self, T, B):
         e = self._empty
-        return e, self._zeros((T, B, 2)), e, e
+        return e, np.zeros((T, B, 2), self.dtype), e, e
 
     def _step_params(self):
         """The parameters the step kernels take, in their order: LN gain and shift, or (none
