@@ -23,11 +23,11 @@ import time
 
 import numba
 import numpy as np
-from llvmlite import ir
 from numba import njit, prange, types
 from numba.core.extending import intrinsic
 
 import lnnumba
+from lnnumba.cpu import stream
 from lnnumba.cpu.stream import LINE_BYTES, store_fence, stream_copy
 
 try:
@@ -96,18 +96,14 @@ def _add_line(typingctx, dst, a, b, k):
     sig = types.void(dst, a, b, k)
 
     def codegen(context, builder, signature, args):
-        et = context.get_value_type(signature.args[0].dtype)
-        size = context.get_abi_sizeof(et)
-        vt = ir.VectorType(et, LINE_BYTES // size)
-        k = context.cast(builder, args[3], signature.args[3], types.intp)
+        st = signature.args
+        vt, size = stream.line_type(context, st[0].dtype)
 
         def line(i):
-            data = context.make_array(signature.args[i])(context, builder, args[i]).data
-            return builder.bitcast(builder.gep(data, [k]), vt.as_pointer())
+            return stream.line_ptr(context, builder, st[i], args[i], st[3], args[3], vt)
 
         v = builder.fadd(builder.load(line(1), align=size), builder.load(line(2), align=size))
-        store = builder.store(v, line(0), align=LINE_BYTES)
-        store.set_metadata("nontemporal", builder.module.add_metadata([ir.IntType(32)(1)]))
+        stream.store_nontemporal(builder, v, line(0))
         return context.get_dummy_value()
 
     return sig, codegen
@@ -126,8 +122,7 @@ def triad_stream_parallel(dst, a, b, nt):
     for t in prange(nt):
         lo = t * M // nt * N
         hi = (t + 1) * M // nt * N
-        k = min(hi, lo + (LINE_BYTES - (np.intp(d.ctypes.data) + lo * d.itemsize) % LINE_BYTES)
-                % LINE_BYTES // d.itemsize)  # fmt: skip
+        k = lo + stream.line_head(d, lo, hi - lo)
         for j in range(lo, k):
             d[j] = af[j] + bf[j]
         while k + per_line <= hi:

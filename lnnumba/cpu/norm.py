@@ -37,6 +37,7 @@ from numba import get_num_threads, njit, prange
 
 from .stream import (
     LINE_BYTES,
+    line_head,
     prefetch,
     store_fence,
     store_line_normalized,
@@ -564,6 +565,19 @@ def _forward_rows_fused(y, mean, rstd, x, w, b, eps, center, lo, hi):
     return i + 4
 
 
+@njit(**_jit)
+def _row_lines(yf, n):
+    """The whole cache lines of every row of yf (rows of n elements, flattened): (h, e) with
+    columns h..e-1 of each row on line boundaries, or (-1, -1) where the rows do not all start
+    at the same place within a line (n * itemsize not a multiple of ``LINE_BYTES``, or yf not
+    aligned to its dtype) and so cannot be streamed."""
+    h = line_head(yf, 0, n)
+    if (n * yf.itemsize) % LINE_BYTES != 0 or h == n:  # h == n: not aligned to the dtype
+        return -1, -1
+    L = LINE_BYTES // yf.itemsize
+    return h, h + (n - h) // L * L
+
+
 @njit(**_jit_elementwise)
 def rows4_forward_range(y, x, w, b, x0, cr, r, j0, j1):
     """Columns j0..j1-1 of four rows' output, as ``store_line_normalized`` computes it but with
@@ -599,10 +613,9 @@ def _forward_rows_stream(y, mean, rstd, x, w, b, eps, center, lo, hi):
     yf = y.reshape(-1)
     xf = x.reshape(-1)
     L = LINE_BYTES // x.itemsize
-    if (N * x.itemsize) % LINE_BYTES != 0 or np.intp(yf.ctypes.data) % x.itemsize != 0:
+    h, e = _row_lines(yf, N)
+    if h < 0:
         return lo
-    h = min(N, (LINE_BYTES - np.intp(yf.ctypes.data) % LINE_BYTES) % LINE_BYTES // x.itemsize)
-    e = h + (N - h) // L * L  # lines: columns h..e-1
     i = lo
     while i + 4 <= hi:
         x0, c, r = _stats4(x[i : i + 4], eps, center)
@@ -749,10 +762,9 @@ def _backward_rows_stream(dx, dw_acc, db_acc, dy, x, mean, rstd, w, lo, hi):
     dyf = dy.reshape(-1)
     xf = x.reshape(-1)
     L = LINE_BYTES // x.itemsize
-    if (n * x.itemsize) % LINE_BYTES != 0 or np.intp(dxf.ctypes.data) % x.itemsize != 0:
+    h, e = _row_lines(dxf, n)
+    if h < 0:
         return lo
-    h = min(n, (LINE_BYTES - np.intp(dxf.ctypes.data) % LINE_BYTES) % LINE_BYTES // x.itemsize)
-    e = h + (n - h) // L * L  # lines: columns h..e-1
     i = lo
     while i + 4 <= hi:
         m = _means4(mean, i, t)

@@ -39,6 +39,35 @@ from numba.core.extending import intrinsic
 LINE_BYTES = 64
 
 
+def line_type(context, dtype):
+    """The LLVM vector type of one cache line of ``dtype`` elements, and the element size."""
+    et = context.get_value_type(dtype)
+    size = context.get_abi_sizeof(et)
+    return ir.VectorType(et, LINE_BYTES // size), size
+
+
+def line_ptr(context, builder, aty, a, kty, k, vt):
+    """Pointer to the line vector (vt) at a[k] (a: a 1-d array of type aty, k of type kty)."""
+    data = context.make_array(aty)(context, builder, a).data
+    k = context.cast(builder, k, kty, types.intp)
+    return builder.bitcast(builder.gep(data, [k]), vt.as_pointer())
+
+
+def splat(context, builder, v, vty, dtype, vt):
+    """The vector (vt) with every element v (of type vty) converted to ``dtype``."""
+    v = context.cast(builder, v, vty, dtype)
+    u = ir.Constant(vt, ir.Undefined)
+    for e in range(vt.count):
+        u = builder.insert_element(u, v, ir.IntType(32)(e))
+    return u
+
+
+def store_nontemporal(builder, v, ptr):
+    """A non-temporal store of the line vector v to ptr (LINE_BYTES-aligned)."""
+    store = builder.store(v, ptr, align=LINE_BYTES)
+    store.set_metadata("nontemporal", builder.module.add_metadata([ir.IntType(32)(1)]))
+
+
 @intrinsic
 def _store_line(typingctx, dst, k, src, j):
     """dst[k:k+L] = src[j:j+L], L = LINE_BYTES / itemsize, as one non-temporal store.
@@ -56,31 +85,15 @@ def _store_line(typingctx, dst, k, src, j):
     sig = types.void(dst, k, src, j)
 
     def codegen(context, builder, signature, args):
-        d, kk, s, jj = args
-        dtype = signature.args[0].dtype
-        da = context.make_array(signature.args[0])(context, builder, d)
-        sa = context.make_array(signature.args[2])(context, builder, s)
-        et = context.get_value_type(dtype)
-        size = context.get_abi_sizeof(et)
-        vt = ir.VectorType(et, LINE_BYTES // size)
-        kk = context.cast(builder, kk, signature.args[1], types.intp)
-        jj = context.cast(builder, jj, signature.args[3], types.intp)
-        src_ptr = builder.bitcast(builder.gep(sa.data, [jj]), vt.as_pointer())
-        dst_ptr = builder.bitcast(builder.gep(da.data, [kk]), vt.as_pointer())
-        v = builder.load(src_ptr, align=size)
-        store = builder.store(v, dst_ptr, align=LINE_BYTES)
-        one = builder.module.add_metadata([ir.Constant(ir.IntType(32), 1)])
-        store.set_metadata("nontemporal", one)
+        st = signature.args
+        vt, size = line_type(context, st[0].dtype)
+        v = builder.load(line_ptr(context, builder, st[2], args[2], st[3], args[3], vt), align=size)
+        store_nontemporal(
+            builder, v, line_ptr(context, builder, st[0], args[0], st[1], args[1], vt)
+        )
         return context.get_dummy_value()
 
     return sig, codegen
-
-
-def _line_ptr(context, builder, aty, a, kty, k, vt):
-    """Pointer to the L-element vector (vt) at a[k] (a: a 1-d array of type aty)."""
-    data = context.make_array(aty)(context, builder, a).data
-    k = context.cast(builder, k, kty, types.intp)
-    return builder.bitcast(builder.gep(data, [k]), vt.as_pointer())
 
 
 @intrinsic
@@ -103,31 +116,20 @@ def store_line_normalized(typingctx, y, yk, x, xk, w, b, wk, x0, r, cr):
     def codegen(context, builder, signature, args):
         yv, ykv, xv, xkv, wv, bv, wkv, x0v, rv, crv = args
         st = signature.args
-        et = context.get_value_type(st[0].dtype)
-        size = context.get_abi_sizeof(et)
-        n = LINE_BYTES // size
-        vt = ir.VectorType(et, n)
+        ft = st[0].dtype
+        vt, size = line_type(context, ft)
         flags = ("contract", "nsz")
-
-        def splat(v, vty):
-            v = context.cast(builder, v, vty, st[0].dtype)
-            u = ir.Constant(vt, ir.Undefined)
-            for q in range(n):
-                u = builder.insert_element(u, v, ir.IntType(32)(q))
-            return u
-
-        v = builder.load(_line_ptr(context, builder, st[2], xv, st[3], xkv, vt), align=size)
-        v = builder.fsub(v, splat(x0v, st[7]), flags=flags)
-        v = builder.fmul(v, splat(rv, st[8]), flags=flags)
-        v = builder.fsub(v, splat(crv, st[9]), flags=flags)
+        v = builder.load(line_ptr(context, builder, st[2], xv, st[3], xkv, vt), align=size)
+        v = builder.fsub(v, splat(context, builder, x0v, st[7], ft, vt), flags=flags)
+        v = builder.fmul(v, splat(context, builder, rv, st[8], ft, vt), flags=flags)
+        v = builder.fsub(v, splat(context, builder, crv, st[9], ft, vt), flags=flags)
         if st[4] != types.none:
-            wl = builder.load(_line_ptr(context, builder, st[4], wv, st[6], wkv, vt), align=size)
+            wl = builder.load(line_ptr(context, builder, st[4], wv, st[6], wkv, vt), align=size)
             v = builder.fmul(v, wl, flags=flags)
         if st[5] != types.none:
-            bl = builder.load(_line_ptr(context, builder, st[5], bv, st[6], wkv, vt), align=size)
+            bl = builder.load(line_ptr(context, builder, st[5], bv, st[6], wkv, vt), align=size)
             v = builder.fadd(v, bl, flags=flags)
-        store = builder.store(v, _line_ptr(context, builder, st[0], yv, st[1], ykv, vt), align=64)
-        store.set_metadata("nontemporal", builder.module.add_metadata([ir.IntType(32)(1)]))
+        store_nontemporal(builder, v, line_ptr(context, builder, st[0], yv, st[1], ykv, vt))
         return context.get_dummy_value()
 
     return sig, codegen
@@ -162,10 +164,7 @@ def store_lines_backward4(typingctx, dx, dw_acc, db_acc, dy, x, w, k, n, j, m, c
 
     def codegen(context, builder, signature, args):
         st = signature.args
-        et = context.get_value_type(ft)
-        size = context.get_abi_sizeof(et)
-        L = LINE_BYTES // size
-        vt = ir.VectorType(et, L)
+        vt, size = line_type(context, ft)
         flags = ("contract", "nsz")
         dxv, dwv, dbv, dyv, xv, wv, kv, nv, jv = args[:9]
         k = context.cast(builder, kv, st[6], types.intp)
@@ -174,24 +173,19 @@ def store_lines_backward4(typingctx, dx, dw_acc, db_acc, dy, x, w, k, n, j, m, c
         for _ in range(3):
             kq.append(builder.add(kq[-1], n))
 
-        def splat(tup, tty, q):
-            v = context.cast(builder, builder.extract_value(tup, q), tty.dtype, ft)
-            u = ir.Constant(vt, ir.Undefined)
-            for e in range(L):
-                u = builder.insert_element(u, v, ir.IntType(32)(e))
-            return u
+        def splat_q(tup, tty, q):  # element q of a 4-tuple, in every lane
+            return splat(context, builder, builder.extract_value(tup, q), tty.dtype, ft, vt)
 
         def line(i, idx):
-            return _line_ptr(context, builder, st[i], args[i], types.intp, idx, vt)
+            return line_ptr(context, builder, st[i], args[i], types.intp, idx, vt)
 
         wl = None
         if st[5] != types.none:
-            wl = builder.load(_line_ptr(context, builder, st[5], wv, st[8], jv, vt), align=size)
-        one = builder.module.add_metadata([ir.IntType(32)(1)])
+            wl = builder.load(line_ptr(context, builder, st[5], wv, st[8], jv, vt), align=size)
         gh = []
         gs = []
         for q in range(4):
-            m_, cr_, r_, a_, bb_ = (splat(args[9 + t], st[9 + t], q) for t in range(5))
+            m_, cr_, r_, a_, bb_ = (splat_q(args[9 + t], st[9 + t], q) for t in range(5))
             xl = builder.load(line(4, kq[q]), align=size)
             g = builder.load(line(3, kq[q]), align=size)
             h = builder.fsub(builder.fmul(builder.fsub(xl, m_, flags=flags), r_, flags=flags),
@@ -201,18 +195,17 @@ def store_lines_backward4(typingctx, dx, dw_acc, db_acc, dy, x, w, k, n, j, m, c
             gw = builder.fmul(g, wl, flags=flags) if wl is not None else g
             d = builder.fsub(builder.fsub(gw, a_, flags=flags),
                              builder.fmul(h, bb_, flags=flags), flags=flags)  # fmt: skip
-            store = builder.store(builder.fmul(r_, d, flags=flags), line(0, kq[q]), align=64)
-            store.set_metadata("nontemporal", one)
+            store_nontemporal(builder, builder.fmul(r_, d, flags=flags), line(0, kq[q]))
 
         def add4(v):
             return builder.fadd(builder.fadd(v[0], v[1], flags=flags),
                                 builder.fadd(v[2], v[3], flags=flags), flags=flags)  # fmt: skip
 
-        p = _line_ptr(context, builder, st[1], dwv, st[8], jv, vt)
+        p = line_ptr(context, builder, st[1], dwv, st[8], jv, vt)
         builder.store(builder.fadd(builder.load(p, align=size), add4(gh), flags=flags), p,
                       align=size)  # fmt: skip
         if st[2] != types.none:
-            p = _line_ptr(context, builder, st[2], dbv, st[8], jv, vt)
+            p = line_ptr(context, builder, st[2], dbv, st[8], jv, vt)
             builder.store(builder.fadd(builder.load(p, align=size), add4(gs), flags=flags), p,
                           align=size)  # fmt: skip
         return context.get_dummy_value()
@@ -256,6 +249,18 @@ def store_fence(typingctx):
 
 
 @njit(nogil=True, cache=True)
+def line_head(a, k, n):
+    """How many of the n elements from a[k] (a: 1-d, C-contiguous) come before the first cache
+    line boundary: at most n, and n where a is not aligned to its dtype (never so from NumPy's
+    allocator; then no element starts a line)."""
+    size = a.itemsize
+    addr = np.intp(a.ctypes.data) + k * size  # signed: unsigned mixed with int is float
+    if addr % size != 0:
+        return n
+    return min(n, (LINE_BYTES - addr % LINE_BYTES) % LINE_BYTES // size)
+
+
+@njit(nogil=True, cache=True)
 def stream_copy(dst, k, src):
     """dst[k:k+n] = src (n = src.size), with non-temporal stores for the whole cache lines (a
     streaming copy: the benchmarks' roofline for moving bytes).
@@ -265,12 +270,8 @@ def stream_copy(dst, k, src):
     calls ``store_fence`` before other threads read dst.
     """
     n = src.shape[0]
-    size = dst.itemsize
-    per_line = LINE_BYTES // size
-    addr = np.intp(dst.ctypes.data) + k * size  # signed: unsigned mixed with int is float
-    head = n  # a misaligned dtype (never from NumPy's allocator): ordinary stores throughout
-    if addr % size == 0:
-        head = min(n, (LINE_BYTES - addr % LINE_BYTES) % LINE_BYTES // size)
+    per_line = LINE_BYTES // dst.itemsize
+    head = line_head(dst, k, n)
     for j in range(head):
         dst[k + j] = src[j]
     j = head
