@@ -3,6 +3,11 @@
 import numpy as np
 
 
+def make(rng, shape, dtype):
+    """Test data of ``dtype``: N(0.5, 2) entries, so rows have a mean to remove."""
+    return (rng.standard_normal(shape) * 2 + 0.5).astype(dtype)
+
+
 def rel_err(a, b):
     """Norm-wise relative error of a against the reference b (float64)."""
     a = np.asarray(a, np.float64)

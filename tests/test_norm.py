@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from _helpers import dx_err, rel_err
+from _helpers import dx_err, make, rel_err
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -12,10 +12,6 @@ from lnnumba import reference as R
 from lnnumba.cpu import norm as K
 
 TOL = {np.float64: 1e-12, np.float32: 2e-6, np.float16: 2e-3}
-
-
-def make(rng, shape, dtype):
-    return (rng.standard_normal(shape) * 2 + 0.5).astype(dtype)
 
 
 # --- property-based: many shapes, axes, dtypes ------------------------------------------------

@@ -5,7 +5,7 @@ import threading
 
 import numpy as np
 import pytest
-from _helpers import dx_err, rel_err
+from _helpers import dx_err, make, rel_err
 
 import lnnumba as L
 from lnnumba import reference as R
@@ -13,10 +13,6 @@ from lnnumba.cpu import norm as K
 from lnnumba.cpu.stream import LINE_BYTES, stream_copy
 
 LONG = K.FUSE_MIN_ROW_BYTES // 4  # float32 columns past which the ordinary passes fuse
-
-
-def make(rng, shape, dtype):
-    return (rng.standard_normal(shape) * 2 + 0.5).astype(dtype)
 
 
 def at_offset(shape, dtype, offset):
