@@ -475,5 +475,7 @@ def test_concurrent_steps_on_one_cell(split, rng, request):
 
     with ThreadPoolExecutor(8) as ex:
         got = list(ex.map(run, range(8)))
+    # step and forward round differently (float32, 20 steps); another thread's state leaking
+    # in would be off by the state's own size
     for i in range(8):
-        np.testing.assert_allclose(got[i], cell.forward(xs[i])[1][0], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(got[i], cell.forward(xs[i])[1][0], rtol=1e-4, atol=1e-5)

@@ -40,7 +40,9 @@ def test_saved_model_on_a_cluster(client, tmp_path, rng):
     L.save_model(path, net)
     x = rng.standard_normal((6, 40, 4)).astype(np.float32)
     got = apply_model_dask(da.from_array(x, chunks=(3, 10, 4)), path).compute()
-    np.testing.assert_allclose(got, net.forward(x)[0], rtol=1e-6, atol=1e-6)
+    # a chunk of 3 sequences and the batch of 6 go through BLAS in blocks of different sizes,
+    # which round float32 differently over 2 layers x 40 steps
+    np.testing.assert_allclose(got, net.forward(x)[0], rtol=1e-5, atol=1e-5)
     lin = L.Linear(4, 3, seed=1)
     L.save_model(tmp_path / "lin.npz", lin)
     rows = rng.standard_normal((100, 4)).astype(np.float32)
