@@ -13,6 +13,7 @@ from lnnumba.cpu import norm as K
 from lnnumba.cpu.stream import LINE_BYTES, stream_copy
 
 LONG = K.FUSE_MIN_ROW_BYTES // 4  # float32 columns past which the ordinary passes fuse
+BLOCKS = K.STREAM_BLOCK_MIN_ROW_BYTES // 4  # float32 columns past which rows stream in fours
 
 
 def at_offset(shape, dtype, offset):
@@ -51,7 +52,7 @@ def test_stream_copy_into_an_array_not_aligned_to_its_dtype():
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("N", [48, 37, LONG + 16, LONG + 3])
+@pytest.mark.parametrize("N", [48, 37, LONG + 16, LONG + 3, BLOCKS + 16])
 @pytest.mark.parametrize("offset", [0, 1, 3])
 @pytest.mark.parametrize("affine", ["none", "weight", "both"])
 def test_streamed_passes_match_the_reference(rng, dtype, N, offset, affine):
@@ -79,10 +80,12 @@ def test_streamed_passes_match_the_reference(rng, dtype, N, offset, affine):
             bwd(dx, dw, db, part, part.copy(), dy, x, m, r, w, True)
             assert dx_err(dx, dxr, rr, dy, w) < tol * 10
             assert rel_err(dw, dwr) < tol and rel_err(db, dbr) < tol
-        # the streaming loops do every block of four rows, or nothing where the rows are
-        # not in phase
-        done = 4 * (M // 4) if in_phase else 0
+        # the streaming loops do every row (the forward's short rows) or every block of four,
+        # or nothing where the rows are not in phase
+        fours = N * np.dtype(dtype).itemsize > K.STREAM_BLOCK_MIN_ROW_BYTES
+        done = (4 * (M // 4) if fours else M) if in_phase else 0
         assert K._forward_rows_stream(y, m, r, x, w, b, 1e-5, True, 0, M) == done
+        done = 4 * (M // 4) if in_phase else 0
         assert K._backward_rows_stream(dx, dw, db, dy, x, m, r, w, 0, M) == done
         # RMSNorm
         y, r = at_offset((M, N), dtype, offset), np.empty(M, dtype)

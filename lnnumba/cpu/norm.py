@@ -10,8 +10,8 @@ Blocks of four rows have their own routines (``rows4_*``), the same arithmetic w
 parameters and weight-gradient accumulators loaded once per four rows; the drivers take rows
 four at a time where that is faster and the rest one by one. LN and RMSNorm share the routines:
 ``center=False`` skips the mean (RMSNorm). Outputs of ``STREAM_MIN_BYTES`` and more are written
-with non-temporal stores, a cache line at a time from vector registers, while the next block's
-rows are prefetched (``_forward_rows_stream``, ``_backward_rows_stream``; see
+with non-temporal stores, a cache line at a time from vector registers, while the rows ahead
+are prefetched (``_forward_rows_stream``, ``_backward_rows_stream``; see
 ``lnnumba.cpu.stream``).
 
 Numerics
@@ -39,9 +39,10 @@ from .stream import (
     LINE_BYTES,
     line_head,
     prefetch,
+    prefetch_l1,
     store_fence,
     store_line_normalized,
-    store_lines_backward4,
+    store_lines_backward,
 )
 
 # Flags for reduction loops: reassociation lets LLVM vectorize them; no nnan/ninf, so NaN/Inf
@@ -81,6 +82,14 @@ STREAM_MIN_BYTES = 32 << 20
 # Rows longer than this are not streamed: a block of four rows would no longer stay in L2
 # between the two passes that read it.
 STREAM_MAX_ROW_BYTES = 128 << 10
+
+# Rows up to this long are streamed one at a time (``_forward_rows_stream``), prefetched
+# ``STREAM_PREFETCH_BYTES`` ahead; longer ones in blocks of four, the next block prefetched.
+# Measured side by side on 2 cores, float32, one row at a time against blocks of four: 1.25x
+# at 32768x1024 and 65536x512, 1.0-1.25x at 8192x4096 (the spread is the machine's, from run to
+# run), 1.0x at 4096x8192, 0.93x at 2048x16384.
+STREAM_BLOCK_MIN_ROW_BYTES = 16 << 10
+STREAM_PREFETCH_BYTES = 16 << 10
 
 # Rows per chunk of the backward pass's weight-gradient partial sums (see ``_n_chunks``).
 _CHUNK_ROWS = 32
@@ -592,9 +601,9 @@ def rows4_forward_range(y, x, w, b, x0, cr, r, j0, j1):
 
 
 @njit(**_jit)
-def _forward_rows_stream(y, mean, rstd, x, w, b, eps, center, lo, hi):
-    """Rows lo..hi-1 of the forward pass in blocks of four, the output written with
-    non-temporal stores; returns the first row not done (fewer than four remain).
+def _forward_blocks_stream(y, mean, rstd, x, w, b, eps, center, h, e, lo, hi):
+    """Rows lo..hi-1 of ``_forward_rows_stream`` in blocks of four; returns the first row not
+    done (fewer than four remain).
 
     Each block's statistics come first (``_stats4``), then its output a cache line of each row
     at a time, computed in vector registers and streamed (``store_line_normalized``), while
@@ -603,9 +612,7 @@ def _forward_rows_stream(y, mean, rstd, x, w, b, eps, center, lo, hi):
     Measured at 8192x4096 float32 on 2 cores: 1.6x faster than the fused pass with ordinary
     stores, 1.3x faster than streaming each block from a buffer in the cache.
 
-    Shapes as ``_forward_rows``. The rows must all start at the same place within a cache line
-    (N * itemsize a multiple of ``LINE_BYTES``, y aligned to its dtype), else no row is done
-    (returns lo); the elements before each row's first line boundary and after its last take
+    Columns h..e-1 of every row are whole cache lines (``_row_lines``); the others take
     ordinary stores (``rows4_forward_range``).
     """
     t = x.dtype.type
@@ -613,9 +620,6 @@ def _forward_rows_stream(y, mean, rstd, x, w, b, eps, center, lo, hi):
     yf = y.reshape(-1)
     xf = x.reshape(-1)
     L = LINE_BYTES // x.itemsize
-    h, e = _row_lines(yf, N)
-    if h < 0:
-        return lo
     i = lo
     while i + 4 <= hi:
         x0, c, r = _stats4(x[i : i + 4], eps, center)
@@ -640,12 +644,73 @@ def _forward_rows_stream(y, mean, rstd, x, w, b, eps, center, lo, hi):
     return i
 
 
+@njit(**_jit_elementwise)
+def row_forward_range(y, x, w, b, x0, cr, r, j0, j1):
+    """Columns j0..j1-1 of one row's output, as ``store_line_normalized`` computes it but with
+    ordinary stores: y = ((x - x0) * r - cr) * w + b. y: (N,) out; x: (N,); w, b: (N,) or None;
+    x0, cr, r: scalars in x's dtype."""
+    for j in range(j0, j1):
+        v = (x[j] - x0) * r - cr
+        if w is not None:
+            v = v * w[j]
+        if b is not None:
+            v = v + b[j]
+        y[j] = v
+
+
+@njit(**_jit)
+def _forward_rows_stream(y, mean, rstd, x, w, b, eps, center, lo, hi):
+    """Rows lo..hi-1 of the forward pass with the output written with non-temporal stores;
+    returns the first row not done.
+
+    Rows up to ``STREAM_BLOCK_MIN_ROW_BYTES`` go one at a time: the row's statistics
+    (``row_stats_one_pass``), then its output a cache line at a time, computed in vector
+    registers and streamed (``store_line_normalized``), while the row ``STREAM_PREFETCH_BYTES``
+    ahead is prefetched into L1 line by line: the memory system reads ahead while this row is
+    written, and the statistics pass finds its row in the cache. Longer rows go in blocks of
+    four (``_forward_blocks_stream``), which then leaves fewer than four rows undone.
+
+    Shapes as ``_forward_rows``. The rows must all start at the same place within a cache line
+    (N * itemsize a multiple of ``LINE_BYTES``, y aligned to its dtype), else no row is done
+    (returns lo); the elements before each row's first line boundary and after its last take
+    ordinary stores (``row_forward_range``).
+    """
+    t = x.dtype.type
+    N = x.shape[1]
+    yf = y.reshape(-1)
+    xf = x.reshape(-1)
+    h, e = _row_lines(yf, N)
+    if h < 0:
+        return lo
+    if N * x.itemsize > STREAM_BLOCK_MIN_ROW_BYTES:
+        return _forward_blocks_stream(y, mean, rstd, x, w, b, eps, center, h, e, lo, hi)
+    L = LINE_BYTES // x.itemsize
+    ahead = max(1, STREAM_PREFETCH_BYTES // (N * x.itemsize)) * N  # elements
+    end = hi * N  # prefetches stop at the thread's last row
+    for i in range(lo, hi):
+        x0, c, r = row_stats_one_pass(x[i], eps, center)
+        if mean is not None:
+            mean[i] = x0 + c * 1.0
+        if rstd is not None:
+            rstd[i] = r
+        rs = t(r)
+        crs = t(c * r)
+        row_forward_range(y[i], x[i], w, b, x0, crs, rs, 0, h)
+        row_forward_range(y[i], x[i], w, b, x0, crs, rs, e, N)
+        for j in range(h, e, L):
+            k = i * N + j
+            store_line_normalized(yf, k, xf, k, w, b, j, x0, rs, crs)
+            if k + ahead < end:
+                prefetch_l1(xf, k + ahead)
+    return hi
+
+
 @njit(**_jit)
 def _forward_rows(y, mean, rstd, x, w, b, eps, center, block, stream, lo, hi):
     """Rows lo..hi-1 of the forward pass; with ``block``, the output pass takes four rows at
     a time (the statistics are still taken row by row), and for rows longer than
     ``FUSE_MIN_ROW_BYTES`` runs fused with the next four rows' statistics. ``stream`` writes
-    blocks of four rows with non-temporal stores instead where y's rows allow it
+    the output with non-temporal stores instead where y's rows allow it
     (``_forward_rows_stream``), then fences them.
 
     y: (M, N) out; mean, rstd: (M,) out or None; x: (M, N); w, b: (N,) or None.
@@ -731,7 +796,7 @@ def _coefs4(n, rstd, i, sums, center, t):
 
 @njit(**_jit_elementwise)
 def rows4_backward_range(dx, dw_acc, db_acc, dy, x, w, m, cr, r, a, bb, j0, j1):
-    """Columns j0..j1-1 of four rows' second backward pass, as ``store_lines_backward4``
+    """Columns j0..j1-1 of four rows' second backward pass, as ``store_lines_backward``
     computes them but with ordinary stores (xhat = (x - m) * r - cr). Arguments as
     ``rows4_backward_fused``'s."""
     for j in range(j0, j1):
@@ -748,7 +813,7 @@ def _backward_rows_stream(dx, dw_acc, db_acc, dy, x, mean, rstd, w, lo, hi):
     stores; returns the first row not done (fewer than four remain).
 
     Each block's first pass (``rows4_backward_sums``) comes first, then its second pass a cache
-    line of each row at a time, in vector registers (``store_lines_backward4``), while the same
+    line of each row at a time, in vector registers (``store_lines_backward``), while the same
     lines of the next block's x and dy are prefetched: the memory system reads the next block
     while this one is written, and the next first pass finds its rows in the cache.
 
@@ -776,7 +841,7 @@ def _backward_rows_stream(dx, dw_acc, db_acc, dy, x, mean, rstd, w, lo, hi):
         ahead = i + 8 <= hi
         for j in range(h, e, L):
             k = i * n + j
-            store_lines_backward4(dxf, dw_acc, db_acc, dyf, xf, w, k, n, j, m, cr, r, a, bb)
+            store_lines_backward(dxf, dw_acc, db_acc, dyf, xf, w, k, n, j, m, cr, r, a, bb)
             if ahead:
                 for q in range(4, 8):
                     prefetch(xf, k + q * n)

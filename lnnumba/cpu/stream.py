@@ -23,7 +23,7 @@ the like on x86, ``stnp`` on AArch64) or to an ordinary store where there is non
 stored must come straight from vector registers: written to a buffer first and loaded back, it
 runs at a fraction of the speed (a line loaded from narrower stores still in flight waits for
 them), and streaming a whole computed block from a buffer in the cache measured 1.3x slower
-than computing each line in registers (``store_line_normalized``, ``store_lines_backward4``).
+than computing each line in registers (``store_line_normalized``, ``store_lines_backward``).
 
 Non-temporal stores are weakly ordered: a thread that streams calls ``store_fence`` before
 another thread may read what it wrote (the kernels do so at the end of their share of the rows,
@@ -136,19 +136,19 @@ def store_line_normalized(typingctx, y, yk, x, xk, w, b, wk, x0, r, cr):
 
 
 @intrinsic
-def store_lines_backward4(typingctx, dx, dw_acc, db_acc, dy, x, w, k, n, j, m, cr, r, a, bb):
-    """One cache line of four rows' second backward pass, in vector registers: with
-    h = (x - m) * r - cr and gw = dy * w, for rows q = 0..3 at k + q * n of the flattened
+def store_lines_backward(typingctx, dx, dw_acc, db_acc, dy, x, w, k, n, j, m, cr, r, a, bb):
+    """One cache line of one or four rows' second backward pass, in vector registers: with
+    h = (x - m) * r - cr and gw = dy * w, for rows q = 0..R-1 at k + q * n of the flattened
     arrays,
 
         dx = r * (gw - a - h * bb)                      (non-temporal stores)
         dw_acc[j:j+L] += sum over q of dy * h,  db_acc[j:j+L] += sum over q of dy
 
-    (the sums over q as ``(q0 + q1) + (q2 + q3)``, as ``rows4_backward``'s). dx, dy, x: 1-d
-    C-contiguous, one float dtype; dw_acc: (N,) of it; db_acc, w: (N,) of it or None; k, n, j:
-    the flat index of row 0's line, the row length, the line's column; m, cr, r, a, bb: 4-tuples
-    of the dtype. &dx[k + q * n] must be LINE_BYTES-aligned. Contracts to fused multiply-adds
-    only (``contract``, ``nsz``), like the kernels' element-wise loops.
+    (the sums over four rows as ``(q0 + q1) + (q2 + q3)``, as ``rows4_backward``'s). dx, dy,
+    x: 1-d C-contiguous, one float dtype; dw_acc: (N,) of it; db_acc, w: (N,) of it or None;
+    k, n, j: the flat index of row 0's line, the row length, the line's column; m, cr, r, a, bb:
+    R-tuples of the dtype, R = 1 or 4. &dx[k + q * n] must be LINE_BYTES-aligned. Contracts
+    to fused multiply-adds only (``contract``, ``nsz``), like the kernels' element-wise loops.
     """
     if not (isinstance(dx, types.Array) and isinstance(dx.dtype, types.Float)):
         return None
@@ -158,7 +158,10 @@ def store_lines_backward4(typingctx, dx, dw_acc, db_acc, dy, x, w, k, n, j, m, c
     if not all(t == types.none or (isinstance(t, types.Array) and t.dtype == ft)
                for t in (db_acc, w)):  # fmt: skip
         return None
-    if not all(isinstance(t, types.UniTuple) and t.count == 4 for t in (m, cr, r, a, bb)):
+    if not (isinstance(m, types.UniTuple) and m.count in (1, 4)):
+        return None
+    rows = m.count
+    if not all(isinstance(t, types.UniTuple) and t.count == rows for t in (cr, r, a, bb)):
         return None
     sig = types.void(dx, dw_acc, db_acc, dy, x, w, k, n, j, m, cr, r, a, bb)
 
@@ -170,10 +173,10 @@ def store_lines_backward4(typingctx, dx, dw_acc, db_acc, dy, x, w, k, n, j, m, c
         k = context.cast(builder, kv, st[6], types.intp)
         n = context.cast(builder, nv, st[7], types.intp)
         kq = [k]
-        for _ in range(3):
+        for _ in range(rows - 1):
             kq.append(builder.add(kq[-1], n))
 
-        def splat_q(tup, tty, q):  # element q of a 4-tuple, in every lane
+        def splat_q(tup, tty, q):  # element q of a tuple, in every lane
             return splat(context, builder, builder.extract_value(tup, q), tty.dtype, ft, vt)
 
         def line(i, idx):
@@ -184,7 +187,7 @@ def store_lines_backward4(typingctx, dx, dw_acc, db_acc, dy, x, w, k, n, j, m, c
             wl = builder.load(line_ptr(context, builder, st[5], wv, st[8], jv, vt), align=size)
         gh = []
         gs = []
-        for q in range(4):
+        for q in range(rows):
             m_, cr_, r_, a_, bb_ = (splat_q(args[9 + t], st[9 + t], q) for t in range(5))
             xl = builder.load(line(4, kq[q]), align=size)
             g = builder.load(line(3, kq[q]), align=size)
@@ -197,26 +200,27 @@ def store_lines_backward4(typingctx, dx, dw_acc, db_acc, dy, x, w, k, n, j, m, c
                              builder.fmul(h, bb_, flags=flags), flags=flags)  # fmt: skip
             store_nontemporal(builder, builder.fmul(r_, d, flags=flags), line(0, kq[q]))
 
-        def add4(v):
+        def total(v):
+            if len(v) == 1:
+                return v[0]
             return builder.fadd(builder.fadd(v[0], v[1], flags=flags),
                                 builder.fadd(v[2], v[3], flags=flags), flags=flags)  # fmt: skip
 
         p = line_ptr(context, builder, st[1], dwv, st[8], jv, vt)
-        builder.store(builder.fadd(builder.load(p, align=size), add4(gh), flags=flags), p,
+        builder.store(builder.fadd(builder.load(p, align=size), total(gh), flags=flags), p,
                       align=size)  # fmt: skip
         if st[2] != types.none:
             p = line_ptr(context, builder, st[2], dbv, st[8], jv, vt)
-            builder.store(builder.fadd(builder.load(p, align=size), add4(gs), flags=flags), p,
+            builder.store(builder.fadd(builder.load(p, align=size), total(gs), flags=flags), p,
                           align=size)  # fmt: skip
         return context.get_dummy_value()
 
     return sig, codegen
 
 
-@intrinsic
-def prefetch(typingctx, a, k):
-    """Asks the cache for the line holding a[k] (a: a 1-d array; k: an index, which need not
-    be in range: a prefetch never faults), to be read soon (LLVM's ``llvm.prefetch``)."""
+def _prefetch(a, k, locality):
+    """The typing and code of a prefetch of the line at a[k], to the cache level that
+    ``locality`` (LLVM's hint: 3 nearest, 1 farthest) names."""
     if not isinstance(a, types.Array):
         return None
     sig = types.void(a, k)
@@ -229,10 +233,25 @@ def prefetch(typingctx, a, k):
         data = context.make_array(signature.args[0])(context, builder, args[0]).data
         k = context.cast(builder, args[1], signature.args[1], types.intp)
         p = builder.bitcast(builder.gep(data, [k]), i8p)
-        builder.call(fn, [p, i32(0), i32(2), i32(1)])  # read, moderate locality, data
+        builder.call(fn, [p, i32(0), i32(locality), i32(1)])  # read, locality, data
         return context.get_dummy_value()
 
     return sig, codegen
+
+
+@intrinsic
+def prefetch(typingctx, a, k):
+    """Asks the cache for the line holding a[k] (a: a 1-d array; k: an index, which need not
+    be in range: a prefetch never faults), to be read soon: into L2 (LLVM's ``llvm.prefetch``,
+    moderate locality; ``prefetcht1`` on x86)."""
+    return _prefetch(a, k, 2)
+
+
+@intrinsic
+def prefetch_l1(typingctx, a, k):
+    """``prefetch`` into L1 (high locality; ``prefetcht0`` on x86), for a line read once soon
+    after, in a working set small enough for L1."""
+    return _prefetch(a, k, 3)
 
 
 @intrinsic
