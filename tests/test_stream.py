@@ -80,13 +80,15 @@ def test_streamed_passes_match_the_reference(rng, dtype, N, offset, affine):
             bwd(dx, dw, db, part, part.copy(), dy, x, m, r, w, True)
             assert dx_err(dx, dxr, rr, dy, w) < tol * 10
             assert rel_err(dw, dwr) < tol and rel_err(db, dbr) < tol
-        # the streaming loops do every row (the forward's short rows) or every block of four,
-        # or nothing where the rows are not in phase
-        fours = N * np.dtype(dtype).itemsize > K.STREAM_BLOCK_MIN_ROW_BYTES
-        done = (4 * (M // 4) if fours else M) if in_phase else 0
-        assert K._forward_rows_stream(y, m, r, x, w, b, 1e-5, True, 0, M) == done
-        done = 4 * (M // 4) if in_phase else 0
-        assert K._backward_rows_stream(dx, dw, db, dy, x, m, r, w, 0, M) == done
+        # the streaming loops do every row (rows whose inputs are short) or every block of
+        # four, or nothing where the rows are not in phase
+        row = N * np.dtype(dtype).itemsize
+        for inputs, loop, args in [
+            (row, K._forward_rows_stream, (y, m, r, x, w, b, 1e-5, True)),
+            (2 * row, K._backward_rows_stream, (dx, dw, db, dy, x, m, r, w)),
+        ]:
+            done = M if inputs <= K.STREAM_BLOCK_MIN_ROW_BYTES else 4 * (M // 4)
+            assert loop(*args, 0, M) == (done if in_phase else 0)
         # RMSNorm
         y, r = at_offset((M, N), dtype, offset), np.empty(M, dtype)
         K.forward_serial(y, None, r, x, w, None, 1e-6, False, True, True, 1)

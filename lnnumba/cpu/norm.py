@@ -83,11 +83,14 @@ STREAM_MIN_BYTES = 32 << 20
 # between the two passes that read it.
 STREAM_MAX_ROW_BYTES = 128 << 10
 
-# Rows up to this long are streamed one at a time (``_forward_rows_stream``), prefetched
-# ``STREAM_PREFETCH_BYTES`` ahead; longer ones in blocks of four, the next block prefetched.
-# Measured side by side on 2 cores, float32, one row at a time against blocks of four: 1.25x
-# at 32768x1024 and 65536x512, 1.0-1.25x at 8192x4096 (the spread is the machine's, from run to
-# run), 1.0x at 4096x8192, 0.93x at 2048x16384.
+# Rows whose inputs (x; x and dy in the backward) take up to this many bytes are streamed one
+# at a time, prefetched ``STREAM_PREFETCH_BYTES`` of input ahead (``_forward_rows_stream``,
+# ``_backward_rows_stream``); longer ones in blocks of four, the next block prefetched. One row
+# keeps one read and one write stream where a block interleaves four of each. Measured side by
+# side on 2 cores (AMD EPYC), float32, one row at a time against blocks of four, forward /
+# backward: 1.25x / 1.5x at 32768x1024, 1.25x / - at 65536x512, 1.0x / 1.1x at 16384x2048,
+# 1.0-1.25x / 0.96x at 8192x4096 (the spread is the machine's, from run to run), 1.0x / - at
+# 4096x8192, 0.93x / - at 2048x16384.
 STREAM_BLOCK_MIN_ROW_BYTES = 16 << 10
 STREAM_PREFETCH_BYTES = 16 << 10
 
@@ -808,17 +811,16 @@ def rows4_backward_range(dx, dw_acc, db_acc, dy, x, w, m, cr, r, a, bb, j0, j1):
 
 
 @njit(**_jit)
-def _backward_rows_stream(dx, dw_acc, db_acc, dy, x, mean, rstd, w, lo, hi):
-    """Rows lo..hi-1 of the backward pass in blocks of four, dx written with non-temporal
-    stores; returns the first row not done (fewer than four remain).
+def _backward_blocks_stream(dx, dw_acc, db_acc, dy, x, mean, rstd, w, h, e, lo, hi):
+    """Rows lo..hi-1 of ``_backward_rows_stream`` in blocks of four; returns the first row not
+    done (fewer than four remain).
 
     Each block's first pass (``rows4_backward_sums``) comes first, then its second pass a cache
     line of each row at a time, in vector registers (``store_lines_backward``), while the same
     lines of the next block's x and dy are prefetched: the memory system reads the next block
-    while this one is written, and the next first pass finds its rows in the cache.
-
-    Arguments as ``_backward_rows``. As in ``_forward_rows_stream``, dx's rows must all start at
-    the same place within a cache line, else no row is done (returns lo).
+    while this one is written, and the next first pass finds its rows in the cache. Columns
+    h..e-1 of every row are whole cache lines (``_row_lines``); the others take ordinary stores
+    (``rows4_backward_range``).
     """
     t = x.dtype.type
     center = mean is not None
@@ -827,9 +829,6 @@ def _backward_rows_stream(dx, dw_acc, db_acc, dy, x, mean, rstd, w, lo, hi):
     dyf = dy.reshape(-1)
     xf = x.reshape(-1)
     L = LINE_BYTES // x.itemsize
-    h, e = _row_lines(dxf, n)
-    if h < 0:
-        return lo
     i = lo
     while i + 4 <= hi:
         m = _means4(mean, i, t)
@@ -848,6 +847,72 @@ def _backward_rows_stream(dx, dw_acc, db_acc, dy, x, mean, rstd, w, lo, hi):
                     prefetch(dyf, k + q * n)
         i += 4
     return i
+
+
+@njit(**_jit_elementwise)
+def row_backward_range(dx, dw_acc, db_acc, dy, x, w, m, cr, r, a, bb, j0, j1):
+    """Columns j0..j1-1 of one row's second backward pass, as ``store_lines_backward``
+    computes them but with ordinary stores (xhat = (x - m) * r - cr). dx: (N,) out; dw_acc,
+    db_acc: (N,) accumulators (db_acc None: no bias gradient); dy, x: (N,); w: (N,) or None;
+    m, cr, r, a, bb: scalars in x's dtype."""
+    for j in range(j0, j1):
+        xh = (x[j] - m) * r - cr
+        g = dy[j]
+        dw_acc[j] += g * xh
+        if db_acc is not None:
+            db_acc[j] += g
+        if w is not None:
+            g = g * w[j]
+        dx[j] = r * (g - a - xh * bb)
+
+
+@njit(**_jit)
+def _backward_rows_stream(dx, dw_acc, db_acc, dy, x, mean, rstd, w, lo, hi):
+    """Rows lo..hi-1 of the backward pass with dx written with non-temporal stores; returns
+    the first row not done.
+
+    Rows whose x and dy together take up to ``STREAM_BLOCK_MIN_ROW_BYTES`` go one at a time:
+    the row's first pass
+    (``row_backward_sums``), then its second pass a cache line at a time, in vector registers
+    (``store_lines_backward``), while x and dy ``STREAM_PREFETCH_BYTES`` ahead (in all) are
+    prefetched into L1, past the end of this call's rows. Longer rows go in blocks of four
+    (``_backward_blocks_stream``), which then leaves fewer than four rows undone.
+
+    Arguments as ``_backward_rows``. As in ``_forward_rows_stream``, dx's rows must all start at
+    the same place within a cache line, else no row is done (returns lo).
+    """
+    t = x.dtype.type
+    center = mean is not None
+    n = x.shape[1]
+    dxf = dx.reshape(-1)
+    dyf = dy.reshape(-1)
+    xf = x.reshape(-1)
+    h, e = _row_lines(dxf, n)
+    if h < 0:
+        return lo
+    if 2 * n * x.itemsize > STREAM_BLOCK_MIN_ROW_BYTES:  # a row of x and one of dy
+        return _backward_blocks_stream(dx, dw_acc, db_acc, dy, x, mean, rstd, w, h, e, lo, hi)
+    L = LINE_BYTES // x.itemsize
+    ahead = max(1, STREAM_PREFETCH_BYTES // (2 * n * x.itemsize)) * n  # elements, in each
+    end = xf.shape[0]  # the next rows are usually the same thread's next chunk
+    for i in range(lo, hi):
+        m = t(mean[i]) if center else t(0)
+        s_e, s_g, s_ge = row_backward_sums(dy[i], x[i], w, m)
+        r = rstd[i] * 1.0
+        c, a, bb = backward_coefs(n, r, s_e, s_g, s_ge, center)
+        cr, rt, at, bt = t(c * r), t(r), t(a), t(bb)
+        dxi, dyi, xi = dx[i], dy[i], x[i]
+        row_backward_range(dxi, dw_acc, db_acc, dyi, xi, w, m, cr, rt, at, bt, 0, h)
+        row_backward_range(dxi, dw_acc, db_acc, dyi, xi, w, m, cr, rt, at, bt, e, n)
+        for j in range(h, e, L):
+            k = i * n + j
+            store_lines_backward(
+                dxf, dw_acc, db_acc, dyf, xf, w, k, n, j, (m,), (cr,), (rt,), (at,), (bt,)
+            )
+            if k + ahead < end:
+                prefetch_l1(xf, k + ahead)
+                prefetch_l1(dyf, k + ahead)
+    return hi
 
 
 @njit(**_jit)
