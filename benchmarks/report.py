@@ -174,14 +174,14 @@ argument checks and allocation included; ONNX Runtime runs one LayerNormalizatio
 Where the time goes: at 4096x1024 float32 a copy's two 16 MB arrays fit the last-level cache of
 every machine measured so far (32 MB on some, 480 MB on others), so the roofline there is cache
 bandwidth; whether the backward's three arrays fit too depends on the machine, which
-`bwd_of_triad` (dx = x + dy, the backward's exact bytes) accounts for. The backward reads a block
-of four rows twice (the second time from cache) and loads w and the weight-gradient
-accumulators once per four rows. At 4096x1024 float32 PyTorch's forward also runs near the
-copy roofline, so the forward's ratio to PyTorch there swings with the machine's noise from
-run to run more than with the code. Outputs of 32 MB and more are written with non-temporal
-stores (`lnnumba.cpu.stream`): a cache line at a time from vector registers, while the next
-block of rows is prefetched, so that the memory system reads and writes at once; at 8192x4096
-float32 that made the forward 1.5x and the backward 1.3x faster than ordinary stores, and it is
+`bwd_of_triad` (dx = x + dy, the backward's exact bytes) accounts for. At 4096x1024 float32
+PyTorch's forward also runs near the copy roofline, so the forward's ratio to PyTorch there
+swings with the machine's noise from run to run more than with the code. Forward outputs of
+32 MB and more, and backward outputs of 16 MB and more, are written with non-temporal stores
+(`lnnumba.cpu.stream`): a cache line at a time from vector registers, one row at a time while
+the rows ahead are prefetched (blocks of four rows where rows are long), so that the memory
+system reads and writes at once; at 8192x4096 float32 that made the forward 1.5x and the
+backward 1.3x faster than ordinary stores, and it is
 why a streaming copy, not a plain one, is the roofline there. Outputs allocated per call (the
 `ln fwd µs` and `ln bwd µs` columns include them) of 32 MB and up would land on fresh pages,
 which the OS

@@ -137,9 +137,11 @@ def test_public_calls_stream_large_outputs(rng, monkeypatch):
             return _orig(*a)
 
         monkeypatch.setattr(K, name, spy)
-    assert not K._streams(x)  # 320 KB: ordinary stores
+    assert not K._streams(x, K.STREAM_MIN_BYTES)  # 320 KB: ordinary stores
+    assert not K._streams(x, K.BACKWARD_STREAM_MIN_BYTES)
     monkeypatch.setattr(K, "STREAM_MIN_BYTES", x.nbytes)
-    assert K._streams(x)
+    monkeypatch.setattr(K, "BACKWARD_STREAM_MIN_BYTES", x.nbytes)
+    assert K._streams(x, x.nbytes)
     y = L.layer_norm(x, w, b)
     _, mean, rstd = L.layer_norm_forward(x, w, b)
     dx, dw, db = L.layer_norm_backward(dy, x, mean, rstd, w)
@@ -148,12 +150,13 @@ def test_public_calls_stream_large_outputs(rng, monkeypatch):
     for a, b_ in zip([y, dx, dw, db, yq], want):
         assert rel_err(a, b_) < 1e-5
     monkeypatch.setattr(K, "STREAM_MAX_ROW_BYTES", x.shape[1] * x.itemsize - 1)
-    assert not K._streams(x)  # rows too long for the four-row buffer to stay in L2
+    assert not K._streams(x, 0)  # rows too long for the four-row buffer to stay in L2
 
 
 def test_streamed_outputs_from_many_threads(rng, monkeypatch):
     # every thread's streamed output is complete when its call returns
     monkeypatch.setattr(K, "STREAM_MIN_BYTES", 0)
+    monkeypatch.setattr(K, "BACKWARD_STREAM_MIN_BYTES", 0)
     x = make(rng, (48, 2048), np.float32)
     w = make(rng, 2048, np.float32)
     ref = R.layer_norm_forward(x, w)[0]

@@ -9,7 +9,7 @@ drivers split the rows among threads, and the recurrent cells call the row routi
 Blocks of four rows have their own routines (``rows4_*``), the same arithmetic with each column's
 parameters and weight-gradient accumulators loaded once per four rows; the drivers take rows
 four at a time where that is faster and the rest one by one. LN and RMSNorm share the routines:
-``center=False`` skips the mean (RMSNorm). Outputs of ``STREAM_MIN_BYTES`` and more are written
+``center=False`` skips the mean (RMSNorm). Large outputs (``STREAM_MIN_BYTES``) are written
 with non-temporal stores, a cache line at a time from vector registers, while the rows ahead
 are prefetched (``_forward_rows_stream``, ``_backward_rows_stream``; see
 ``lnnumba.cpu.stream``).
@@ -72,13 +72,16 @@ FORWARD_BLOCK_MIN_BYTES = 16 << 20
 # 1.5x slower at 4096x1024, where the row passes stay apart.
 FUSE_MIN_ROW_BYTES = 4096
 
-# From this many bytes of output, the forward and backward passes write it with non-temporal
-# stores (see ``lnnumba.cpu.stream``, ``_forward_rows_stream`` and ``_backward_rows_stream``).
-# Measured side by side on 2 cores, streamed against ordinary stores, forward / backward:
-# 0.90x / 1.03x at 4096x1024 float32 (16 MB: in and out stay in the last-level cache, and a
-# reader of the output would find it there), 1.14-1.26x / 1.19-1.30x at 8192x1024 float32 and
-# 4096x1024 float64 (32 MB), 1.47x / 1.30x at 8192x4096 float32 (128 MB).
+# From this many bytes of output, the forward pass writes it with non-temporal stores (see
+# ``lnnumba.cpu.stream`` and ``_forward_rows_stream``), and from ``BACKWARD_STREAM_MIN_BYTES``
+# the backward (``_backward_rows_stream``). Measured side by side on 2 cores, streamed against
+# ordinary stores, forward / backward: at 4096x1024 float32 (16 MB: in and out may stay in the
+# last-level cache, and a reader of the output would find it there) 0.90x / 1.03x on an Intel
+# Xeon, 0.70x / 1.5x on an AMD EPYC (where the backward's one-row streaming loop also computes
+# faster than its ordinary blocks of four); 1.14-1.26x / 1.19-1.30x at 8192x1024 float32 and
+# 4096x1024 float64 (32 MB), 1.47x / 1.30x at 8192x4096 float32 (128 MB), on the Xeon.
 STREAM_MIN_BYTES = 32 << 20
+BACKWARD_STREAM_MIN_BYTES = 16 << 20
 # Rows longer than this are not streamed: a block of four rows would no longer stay in L2
 # between the two passes that read it.
 STREAM_MAX_ROW_BYTES = 128 << 10
@@ -1053,10 +1056,11 @@ def slow_parallel_launch():
     return _slow_launch
 
 
-def _streams(x):
-    """Whether the passes over x (M, N) write their output with non-temporal stores: from
-    ``STREAM_MIN_BYTES``, for rows of at most ``STREAM_MAX_ROW_BYTES``."""
-    return x.nbytes >= STREAM_MIN_BYTES and x.shape[1] * x.itemsize <= STREAM_MAX_ROW_BYTES
+def _streams(x, min_bytes):
+    """Whether a pass over x (M, N) writes its output with non-temporal stores: from
+    ``min_bytes`` (``STREAM_MIN_BYTES`` for the forward, ``BACKWARD_STREAM_MIN_BYTES`` for the
+    backward), for rows of at most ``STREAM_MAX_ROW_BYTES``."""
+    return x.nbytes >= min_bytes and x.shape[1] * x.itemsize <= STREAM_MAX_ROW_BYTES
 
 
 def _parallel_pays(n):
@@ -1126,7 +1130,7 @@ def forward(y, mean, rstd, x, w, b, eps, center):
         f(y, mean, rstd, x, w, b, eps, center, False, False, 1)
         return
     block = x.nbytes > FORWARD_BLOCK_MIN_BYTES
-    stream = _streams(x)
+    stream = _streams(x, STREAM_MIN_BYTES)
     if x.shape[0] > 1 and _parallel_pays(x.size) and parallel_lock.acquire(False):
         try:
             nt = get_num_threads()
@@ -1163,7 +1167,7 @@ def backward(dx, dw, db, dy, x, mean, rstd, w):
     part_w, part_b = _scratch_partials(nc, N, x.dtype)  # (nc, N) per-chunk partial sums
     if db is None:
         part_b = None
-    stream = _streams(x)
+    stream = _streams(x, BACKWARD_STREAM_MIN_BYTES)
     if nc > 1 and _parallel_pays(x.size) and parallel_lock.acquire(False):
         try:
             backward_parallel(dx, dw, db, part_w, part_b, dy, x, mean, rstd, w, stream)
