@@ -205,12 +205,18 @@ def row_forward(y, x, w, b, x0, c, r):
     rt = t(r)
     ct = t(c)
     for j in range(n):
-        v = ((x[j] - x0) - ct) * rt
-        if w is not None:
-            v = v * w[j]
-        if b is not None:
-            v = v + b[j]
-        y[j] = v
+        _col_out(y, w, b, j, ((x[j] - x0) - ct) * rt)
+
+
+@njit(inline="always")
+def _col_out(y, w, b, j, v):
+    """Column j of one row's output from its normalized value v: times w[j], plus b[j] (w, b
+    None: 1 and 0), into y (N,). Inlined into its callers' loops, which it shares."""
+    if w is not None:
+        v = v * w[j]
+    if b is not None:
+        v = v + b[j]
+    y[j] = v
 
 
 @njit(inline="always")
@@ -355,14 +361,20 @@ def row_backward(dx, dw_acc, db_acc, dy, x, w, m, c, r, a, bb):
     ``(x - m) - c`` is evaluated as written.
     """
     for j in range(x.shape[0]):
-        xh = ((x[j] - m) - c) * r
-        g = dy[j]
-        dw_acc[j] += g * xh
-        if db_acc is not None:
-            db_acc[j] += g
-        if w is not None:
-            g = g * w[j]
-        dx[j] = r * (g - a - xh * bb)
+        _col_grads(dx, dw_acc, db_acc, dy, w, j, ((x[j] - m) - c) * r, r, a, bb)
+
+
+@njit(inline="always")
+def _col_grads(dx, dw_acc, db_acc, dy, w, j, xh, r, a, bb):
+    """Column j of one row's second pass, given its xhat value xh: dx written, dw and db
+    accumulated (arguments as ``row_backward``). Inlined into its callers' loops."""
+    g = dy[j]
+    dw_acc[j] += g * xh
+    if db_acc is not None:
+        db_acc[j] += g
+    if w is not None:
+        g = g * w[j]
+    dx[j] = r * (g - a - xh * bb)
 
 
 @njit(inline="always")
@@ -656,12 +668,7 @@ def row_forward_range(y, x, w, b, x0, cr, r, j0, j1):
     ordinary stores: y = ((x - x0) * r - cr) * w + b. y: (N,) out; x: (N,); w, b: (N,) or None;
     x0, cr, r: scalars in x's dtype."""
     for j in range(j0, j1):
-        v = (x[j] - x0) * r - cr
-        if w is not None:
-            v = v * w[j]
-        if b is not None:
-            v = v + b[j]
-        y[j] = v
+        _col_out(y, w, b, j, (x[j] - x0) * r - cr)
 
 
 @njit(**_jit)
@@ -859,14 +866,7 @@ def row_backward_range(dx, dw_acc, db_acc, dy, x, w, m, cr, r, a, bb, j0, j1):
     db_acc: (N,) accumulators (db_acc None: no bias gradient); dy, x: (N,); w: (N,) or None;
     m, cr, r, a, bb: scalars in x's dtype."""
     for j in range(j0, j1):
-        xh = (x[j] - m) * r - cr
-        g = dy[j]
-        dw_acc[j] += g * xh
-        if db_acc is not None:
-            db_acc[j] += g
-        if w is not None:
-            g = g * w[j]
-        dx[j] = r * (g - a - xh * bb)
+        _col_grads(dx, dw_acc, db_acc, dy, w, j, (x[j] - m) * r - cr, r, a, bb)
 
 
 @njit(**_jit)
@@ -875,11 +875,10 @@ def _backward_rows_stream(dx, dw_acc, db_acc, dy, x, mean, rstd, w, lo, hi):
     the first row not done.
 
     Rows whose x and dy together take up to ``STREAM_BLOCK_MIN_ROW_BYTES`` go one at a time:
-    the row's first pass
-    (``row_backward_sums``), then its second pass a cache line at a time, in vector registers
-    (``store_lines_backward``), while x and dy ``STREAM_PREFETCH_BYTES`` ahead (in all) are
-    prefetched into L1, past the end of this call's rows. Longer rows go in blocks of four
-    (``_backward_blocks_stream``), which then leaves fewer than four rows undone.
+    the row's first pass (``row_backward_sums``), then its second pass a cache line at a time,
+    in vector registers (``store_lines_backward``), while x and dy ``STREAM_PREFETCH_BYTES``
+    ahead (in all) are prefetched into L1, past the end of this call's rows. Longer rows go in
+    blocks of four (``_backward_blocks_stream``), which then leaves fewer than four rows undone.
 
     Arguments as ``_backward_rows``. As in ``_forward_rows_stream``, dx's rows must all start at
     the same place within a cache line, else no row is done (returns lo).
