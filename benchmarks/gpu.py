@@ -3,11 +3,16 @@ bytes and with torch.nn.functional.layer_norm on the same GPU (when PyTorch is i
 
     python benchmarks/gpu.py [--json results.json]
     NUMBA_ENABLE_CUDASIM=1 python benchmarks/gpu.py --tiny   # a smoke run without a GPU
+    python benchmarks/gpu.py --set FWD_THREADS=256 --set BWD_MAX_K=4   # other launch shapes
 
 Kernel times come from CUDA events after warm-up (median of repeats). Working sets are several
-times the GPU's L2 cache, so memory is measured, not the cache. Bytes: forward reads x and writes
-y (2 M N 4 bytes); backward reads x and dy and writes dx (3 M N 4 bytes). The Python-side cost of
-one call is the wall time per call of a tiny layer_norm, launches queued without synchronizing.
+times the GPU's L2 cache, so memory is measured, not the cache. The copy roofline is the faster
+of the driver's device-to-device copy (cuMemcpyDtoD) and a plain copy kernel over the same bytes
+(and PyTorch's ``Tensor.copy_`` when installed). Bytes: forward reads x and writes
+y (2 M N 4 bytes); backward reads x and dy and writes dx (3 M N 4 bytes), timed as its two
+kernels into preallocated outputs (``bwd_call_ms``: the public call, allocations included).
+The Python-side cost of one call is the wall time per call of a tiny layer_norm, launches
+queued without synchronizing.
 """
 
 import argparse
@@ -20,42 +25,87 @@ import numpy as np
 from numba import cuda
 
 import lnnumba
+from lnnumba.gpu import norm as gpu_norm
 
 SHAPES = [(65536, 1024), (16384, 4096), (4096, 16384)]
 
 
-def event_time(f, repeat=20):
-    """Median milliseconds of f() between CUDA events, after two warm-up calls."""
+@cuda.jit
+def _busy(n):
+    """Keeps the GPU busy for about n microseconds (one thread sleeping)."""
+    for _ in range(n):
+        cuda.nanosleep(1000)
+
+
+def _timed(f, record, sync, repeat):
+    """Median milliseconds of f() between two events, after two warm-up calls.
+
+    Before each start event the GPU is given about a millisecond of sleep, so that f's launches
+    are queued before the GPU reaches them: the events then time the kernels, not the Python
+    that launches them (that cost is measured apart, see call_cost_us).
+    """
     f()
     f()
-    cuda.synchronize()
+    sync()
     times = []
     for _ in range(repeat):
-        start, end = cuda.event(), cuda.event()
-        start.record()
-        f()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
+        if not gpu_norm._SIM:  # the simulator has no nanosleep (and runs launches at once)
+            _busy[1, 1](1000)
+        times.append(record(f))
     return statistics.median(times)
+
+
+def _numba_record(f):
+    start, end = cuda.event(), cuda.event()
+    start.record()
+    f()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end)
+
+
+def _torch_record(f):
+    import torch
+
+    start = torch.cuda.Event(enable_timing=True)
+    end = torch.cuda.Event(enable_timing=True)
+    start.record()
+    f()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end)
+
+
+def event_time(f, repeat=20):
+    """Kernel milliseconds of f() (Numba launches), median of ``repeat``."""
+    return _timed(f, _numba_record, cuda.synchronize, repeat)
 
 
 def torch_time(f, repeat=20):
+    """Kernel milliseconds of f() (PyTorch launches), median of ``repeat``."""
     import torch
 
-    f()
-    f()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(repeat):
-        start = torch.cuda.Event(enable_timing=True)
-        end = torch.cuda.Event(enable_timing=True)
-        start.record()
-        f()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
+    return _timed(f, _torch_record, torch.cuda.synchronize, repeat)
+
+
+@cuda.jit
+def _copy_kernel(dst, src):
+    """dst[i] = src[i], grid-stride (both 1-d, the same length)."""
+    i = cuda.grid(1)
+    step = cuda.gridsize(1)
+    while i < src.shape[0]:
+        dst[i] = src[i]
+        i += step
+
+
+def copy_time(src, dst, repeat):
+    """Milliseconds of the fastest device-to-device copy of src into dst (see the docstring)."""
+    s1, d1 = src.reshape(src.size), dst.reshape(dst.size)
+    blocks = 2 if gpu_norm._SIM else 8 * cuda.get_current_device().MULTIPROCESSOR_COUNT
+    return min(
+        event_time(lambda: dst.copy_to_device(src), repeat),
+        event_time(lambda: _copy_kernel[blocks, 32 if gpu_norm._SIM else 512](d1, s1), repeat),
+    )
 
 
 def bench(M, N, use_torch, repeat):
@@ -70,8 +120,16 @@ def bench(M, N, use_torch, repeat):
     _, mean, rstd = lnnumba.layer_norm_forward(dX, dW, dB)
     r = {"shape": f"{M}x{N}"}
     r["fwd_ms"] = event_time(lambda: lnnumba.layer_norm(dX, dW, dB, out=out), repeat)
-    r["bwd_ms"] = event_time(lambda: lnnumba.layer_norm_backward(dDY, dX, mean, rstd, dW), repeat)
-    r["copy_ms"] = event_time(lambda: copy_dst.copy_to_device(dX), repeat)
+    # the backward's kernels into preallocated outputs (the public call also allocates dx, dw, db)
+    dx, dw, db = cuda.device_array_like(dX), cuda.device_array_like(dW), cuda.device_array_like(dB)
+    m1, r1 = mean.reshape(M), rstd.reshape(M)
+    r["bwd_ms"] = event_time(
+        lambda: gpu_norm._launch_backward(dx, dw, db, dDY, dX, m1, r1, dW, True), repeat
+    )
+    r["bwd_call_ms"] = event_time(
+        lambda: lnnumba.layer_norm_backward(dDY, dX, mean, rstd, dW), repeat
+    )
+    r["copy_ms"] = copy_time(dX, copy_dst, repeat)
     nbytes = x.nbytes
     r["fwd_GBps"] = 2 * nbytes / r["fwd_ms"] / 1e6
     r["bwd_GBps"] = 3 * nbytes / r["bwd_ms"] / 1e6
@@ -86,6 +144,11 @@ def bench(M, N, use_torch, repeat):
         tw = torch.as_tensor(w, device="cuda")
         tb = torch.as_tensor(b, device="cuda")
         tdy = torch.as_tensor(dy, device="cuda")
+        tdst = torch.empty_like(tx)
+        r["copy_ms"] = min(r["copy_ms"], torch_time(lambda: tdst.copy_(tx), repeat))
+        r["copy_GBps"] = 2 * nbytes / r["copy_ms"] / 1e6
+        r["fwd_of_copy"] = r["fwd_GBps"] / r["copy_GBps"]
+        r["bwd_of_copy"] = r["bwd_GBps"] / r["copy_GBps"]
         r["torch_fwd_ms"] = torch_time(lambda: F.layer_norm(tx, (N,), tw, tb), repeat)
         txg = tx.clone().requires_grad_(True)
         twg = tw.clone().requires_grad_(True)
@@ -143,7 +206,21 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", help="write the results to this file")
     ap.add_argument("--tiny", action="store_true", help="tiny shapes (for the CUDA simulator)")
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="override a launch-shape constant of lnnumba.gpu.kernels (e.g. FWD_THREADS=256)",
+    )
     args = ap.parse_args(argv)
+    from lnnumba.gpu import kernels
+
+    for item in args.set:
+        name, _, value = item.partition("=")
+        if not name.isupper() or not isinstance(getattr(kernels, name, None), int):
+            ap.error(f"--set {item}: expected NAME=INTEGER with NAME a constant of kernels")
+        setattr(kernels, name, int(value))
     shapes = [(8, 64), (4, 257)] if args.tiny else SHAPES
     repeat = 2 if args.tiny else 20
     try:
@@ -157,6 +234,7 @@ def main(argv=None):
         "date": time.strftime("%Y-%m-%d"),
         "gpu": str(getattr(dev, "name", "CUDA simulator")),
         "torch": use_torch,
+        "set": " ".join(args.set),
     }
     rows = [bench(M, N, use_torch, repeat) for M, N in shapes]
     info["call_cost_us"] = call_cost_us(20 if args.tiny else 2000)

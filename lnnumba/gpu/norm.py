@@ -7,17 +7,29 @@ float64 are supported on the GPU; device arrays must be C-contiguous.
 """
 
 import math
+import threading
 
 import numpy as np
 from numba import cuda
 
 from .. import _args
-from . import kernels
+from . import _launch, kernels
 
 _SIM = bool(getattr(cuda, "simulator_is_active", lambda: False)()) or bool(
     getattr(cuda.config, "ENABLE_CUDASIM", False) if hasattr(cuda, "config") else False
 )
 _DUMMY = {}
+
+
+_KERNELS = {}
+
+
+def _fast(dispatcher):
+    """The lean launcher of a kernel (``_launch.Kernel``), one per dispatcher."""
+    k = _KERNELS.get(dispatcher)
+    if k is None:
+        k = _KERNELS[dispatcher] = _launch.Kernel(dispatcher, enabled=not _SIM)
+    return k
 
 
 def _dummy(dt):
@@ -102,10 +114,12 @@ def _launch_forward(y2, mean, rstd, x2, w, b, eps, center):
     if M == 0:
         return
     dt = np.dtype(x2.dtype)
-    G, K, T, blocks = kernels.plan(M, N, _SIM)
+    G, K, T, blocks = kernels.forward_plan(M, N, _SIM)
     save = mean is not None or rstd is not None
     d = _dummy(dt)
-    kernels.forward_kernel(K, dt == np.float64)[blocks, T](
+    _fast(kernels.forward_kernel(K, G, T, dt == np.float64, _SIM))(
+        blocks,
+        T,
         y2,
         mean if mean is not None else d,
         rstd if rstd is not None else d,
@@ -117,25 +131,51 @@ def _launch_forward(y2, mean, rstd, x2, w, b, eps, center):
         w is not None,
         b is not None,
         save,
-        G,
     )
+
+
+_scratch = threading.local()
+
+
+def _partials(P, N, dt):
+    """Two (P, N) device arrays for the backward's partial sums, reused by this thread.
+
+    Every launch goes to the default stream, in order, so a thread's next backward cannot
+    overwrite them before its sum kernel has read them; other threads get their own.
+    """
+    cache = getattr(_scratch, "bufs", None)
+    if cache is None:
+        cache = _scratch.bufs = {}
+    key = (P, N, dt.str, id(cuda.current_context()))
+    bufs = cache.get(key)
+    if bufs is None:
+        if len(cache) >= 4:
+            cache.clear()
+        bufs = cache[key] = (cuda.device_array((P, N), dt), cuda.device_array((P, N), dt))
+    return bufs
+
+
+def _multiprocessors():
+    dev = cuda.get_current_device()
+    n = _SMS.get(dev.id)
+    if n is None:
+        n = _SMS[dev.id] = dev.MULTIPROCESSOR_COUNT
+    return n
+
+
+_SMS = {}
 
 
 def _launch_backward(dx2, dw, db, dy2, x2, mean, rstd, w, center):
     M, N = x2.shape
     dt = np.dtype(x2.dtype)
-    G, K, T, blocks = kernels.plan(M, N, _SIM)
-    groups = T // G
-    if not _SIM:
-        sms = cuda.get_current_device().MULTIPROCESSOR_COUNT
-        blocks = min(blocks, 4 * sms)
-    else:
-        blocks = min(blocks, 2)
-    P = blocks * groups
-    part_w = cuda.device_array((P, N), dt)  # per-group partial sums, each written by one group
-    part_b = cuda.device_array((P, N), dt)
+    is64 = dt == np.float64
+    G, K, T, blocks = kernels.backward_plan(M, N, _SIM, 0 if _SIM else _multiprocessors())
+    part_w, part_b = _partials(blocks, N, dt)  # row p: block p's sums
     d = _dummy(dt)
-    kernels.backward_kernel(K, dt == np.float64)[blocks, T](
+    _fast(kernels.backward_kernel(K, G, T, is64, _SIM))(
+        blocks,
+        T,
         dx2,
         part_w,
         part_b,
@@ -146,10 +186,11 @@ def _launch_backward(dx2, dw, db, dy2, x2, mean, rstd, w, center):
         w if w is not None else d,
         center,
         w is not None,
-        G,
     )
-    tpb = 64 if _SIM else 256
-    kernels.sum_partials_kernel[max(1, math.ceil(N / tpb)), tpb](dw, db, part_w, part_b)
+    CX, SL = (64, 1) if _SIM else (kernels.SUM_COLS, kernels.SUM_SLICES)
+    _fast(kernels.sum_partials_kernel(is64, CX, SL, _SIM))(
+        max(1, math.ceil(N / CX)), (CX, SL), dw, db, part_w, part_b
+    )
 
 
 def forward(fn, x, weight, bias, eps, axis, out, center, with_stats):

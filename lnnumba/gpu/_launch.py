@@ -1,0 +1,109 @@
+"""Lean kernel launches: the kernel's arguments packed here and handed to ``cuda.core.launch``.
+
+A launch through a Numba dispatcher (``kernel[grid, block](*args)``) types every argument,
+selects the overload, builds a launch configuration and converts each array on every call: tens of
+microseconds, more than a layer norm of a few thousand elements takes on the GPU. The kernels of
+this package are always called with the same kinds of argument (C-contiguous device arrays of one
+dtype, Python floats and bools), so each dispatcher has one overload, and the arguments can be
+packed directly in the layout Numba gives them (``Kernel._prepare_args``): an array is
+(meminfo, parent, size, itemsize, data pointer, *shape, *strides in bytes).
+
+The first call of each kernel goes through the dispatcher (which compiles it); later ones launch
+the same compiled function directly. Where numba-cuda's internals differ from what this module
+expects, or under the CUDA simulator, every call goes through the dispatcher.
+"""
+
+import ctypes
+import threading
+
+from numba import cuda
+
+try:  # numba-cuda's own launch function and configuration type (version-dependent)
+    from numba.cuda import dispatcher as _dispatcher_mod
+
+    _core_launch = _dispatcher_mod.launch
+    _LaunchConfig = _dispatcher_mod.LaunchConfig
+    from numba.cuda.cudadrv import driver as _driver
+
+    _to_core_stream = _driver._to_core_stream
+    _AVAILABLE = True
+except (ImportError, AttributeError):
+    _AVAILABLE = False
+
+_ARRAY, _F64, _BOOL = 0, 1, 2
+_lock = threading.Lock()
+
+
+class Kernel:
+    """``Kernel(dispatcher)(grid, block, *args)`` launches ``dispatcher[grid, block](*args)``.
+
+    ``enabled=False`` (the simulator, or numba-cuda internals that do not match) always uses the
+    dispatcher.
+    """
+
+    __slots__ = ("dispatcher", "enabled", "_fn", "_kinds", "_configs", "_stream", "_ctx")
+
+    def __init__(self, dispatcher, enabled=True):
+        self.dispatcher = dispatcher
+        self.enabled = enabled and _AVAILABLE
+        self._fn = None  # the compiled function, once known
+        self._kinds = None
+        self._configs = {}
+        self._stream = None
+        self._ctx = None
+
+    def _setup(self):
+        """Take the compiled overload after the first launch; False where it cannot be used."""
+        from numba.core import types
+
+        overloads = list(self.dispatcher.overloads.values())
+        if len(overloads) != 1:
+            return False
+        kern = overloads[0]
+        kinds = []
+        for t in kern.argument_types:
+            if isinstance(t, types.Array) and t.layout == "C":
+                kinds.append(_ARRAY)
+            elif t == types.float64:
+                kinds.append(_F64)
+            elif t == types.boolean:
+                kinds.append(_BOOL)
+            else:
+                return False
+        if kern.cooperative or getattr(kern, "debug", False):
+            return False
+        self._kinds = tuple(kinds)
+        self._stream = _to_core_stream(0)
+        self._fn = kern._codelibrary.get_cufunc().kernel
+        self._ctx = cuda.current_context()  # the function belongs to this context
+        return True
+
+    def __call__(self, grid, block, *args):
+        fn = self._fn
+        if fn is None or cuda.current_context() is not self._ctx:
+            self.dispatcher[grid, block](*args)
+            if self.enabled and self._fn is None:
+                with _lock:
+                    try:
+                        ok = self._setup()
+                    except Exception:  # internals not as expected: keep the dispatcher
+                        ok = False
+                    if not ok:
+                        self.enabled = False
+                        self._fn = None
+            return
+        params = []
+        for kind, a in zip(self._kinds, args):
+            if kind == _ARRAY:
+                params += (0, 0, a.size, a.dtype.itemsize, a.device_ctypes_pointer.value)
+                params += a.shape
+                params += a.strides
+            elif kind == _F64:
+                params.append(ctypes.c_double(a))
+            else:
+                params.append(bool(a))
+        key = (grid, block)
+        config = self._configs.get(key)
+        if config is None:
+            config = self._configs[key] = _LaunchConfig(grid=grid, block=block)
+        _core_launch(self._stream, config, fn, *params)
