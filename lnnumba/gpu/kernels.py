@@ -41,7 +41,7 @@ backward: read x and dy, write dx: 3 * M * N * itemsize, + the dweight/dbias par
 import functools
 import math
 
-from numba import cuda, float32, float64
+from numba import cuda, float32, float64, uint32
 
 MAX_THREADS = 1024
 WARP = 32
@@ -52,7 +52,7 @@ FULL_MASK = 0xFFFFFFFF
 # The values are the fastest of sweeps on an H200 (benchmarks/gpu.py's shapes, float32, with
 # its --set option): forward max K 4/8/16 x 128-512 threads, backward max K 4/8 x 256-1024
 # threads x 1-8 blocks per multiprocessor.
-FWD_MAX_K = 8  # forward: at most this many elements per thread before a group grows
+FWD_MAX_K = 16  # forward: at most this many elements per thread before a group grows
 FWD_THREADS = 128  # forward: threads per block (at least G)
 BWD_MAX_K = 8  # backward: elements per thread (x, dy, weight and two sums each held)
 BWD_THREADS = 512  # backward: threads per block (at least G)
@@ -220,12 +220,17 @@ def forward_kernel(K, G, T, is64, sim):
         active = row < M
         # Loads are unconditional, from clamped indices, and masked afterwards: a load behind a
         # branch waits for the previous one, while straight-line loads are all in flight at once.
+        # Columns are unsigned offsets into row views: no negative-index wraparound and no
+        # stride multiplications in the address arithmetic, which otherwise limits the kernel.
         rr = min(row, M - 1)
-        k0 = cuda.selp(center, x[rr, 0], dt(0))
+        xr = x[rr]
+        ul = uint32(lane)
+        last = uint32(N - 1)
+        k0 = cuda.selp(center, xr[0], dt(0))
         s = dt(0)
         for k in range(K):
-            j = lane + k * G
-            v = cuda.selp(active & (j < N), x[rr, min(j, N - 1)] - k0, dt(0))
+            uj = ul + uint32(k * G)
+            v = cuda.selp(active & (uj <= last), xr[min(uj, last)] - k0, dt(0))
             vals[k] = v
             s += v
         ms = dt(0)
@@ -233,18 +238,20 @@ def forward_kernel(K, G, T, is64, sim):
             ms = red(sh, 0, s, tid, lane) / nf
         q = dt(0)
         for k in range(K):
-            j = lane + k * G
-            d = cuda.selp(active & (j < N), vals[k] - ms, dt(0))
+            uj = ul + uint32(k * G)
+            d = cuda.selp(active & (uj <= last), vals[k] - ms, dt(0))
             vals[k] = d
             q += d * d
         var = red(sh, 1, q, tid, lane) / nf
         r = dt(1) / math.sqrt(var + dt(eps))
         # weight and bias for this thread's columns, all loads first (a 1-element stand-in
         # when absent, clamped to index 0 and not used)
+        w_last = uint32(w.shape[0] - 1)
+        b_last = uint32(b.shape[0] - 1)
         for k in range(K):
-            j = lane + k * G
-            wk = w[min(j, w.shape[0] - 1)]
-            bk = b[min(j, b.shape[0] - 1)]
+            uj = ul + uint32(k * G)
+            wk = w[min(uj, w_last)]
+            bk = b[min(uj, b_last)]
             v = vals[k] * r
             if has_w:
                 v *= wk
@@ -252,10 +259,11 @@ def forward_kernel(K, G, T, is64, sim):
                 v += bk
             vals[k] = v
         if active:
+            yr = y[rr]
             for k in range(K):
-                j = lane + k * G
-                if j < N:
-                    y[row, j] = vals[k]
+                uj = ul + uint32(k * G)
+                if uj <= last:
+                    yr[uj] = vals[k]
             if save and lane == 0:
                 if center:
                     mean[row] = k0 + ms
@@ -294,10 +302,13 @@ def backward_kernel(K, G, T, is64, sim):
         M = x.shape[0]
         N = x.shape[1]
         nf = dt(N)
+        ul = uint32(lane)
+        last = uint32(N - 1)
+        w_last = uint32(w.shape[0] - 1)
         for k in range(K):
-            j = lane + k * G
+            uj = ul + uint32(k * G)
             # clamped index (a 1-element stand-in when absent)
-            wv[k] = cuda.selp(has_w & (j < N), w[min(j, w.shape[0] - 1)], dt(1))
+            wv[k] = cuda.selp(has_w & (uj <= last), w[min(uj, w_last)], dt(1))
             acc_w[k] = 0
             acc_b[k] = 0
         n_iter = (M + stride - 1) // stride  # the same for every thread: barriers stay uniform
@@ -311,12 +322,14 @@ def backward_kernel(K, G, T, is64, sim):
             s_e = dt(0)
             s_g = dt(0)
             s_ge = dt(0)
+            xr = x[rr]  # row views, unsigned columns (see the forward)
+            dyr = dy[rr]
             for k in range(K):
-                j = lane + k * G
-                jj = min(j, N - 1)
-                ok = active & (j < N)
-                ev = cuda.selp(ok, x[rr, jj] - m, dt(0))
-                dv = cuda.selp(ok, dy[rr, jj], dt(0))
+                uj = ul + uint32(k * G)
+                jj = min(uj, last)
+                ok = active & (uj <= last)
+                ev = cuda.selp(ok, xr[jj] - m, dt(0))
+                dv = cuda.selp(ok, dyr[jj], dt(0))
                 e[k] = ev
                 d[k] = dv
                 gv = dv * wv[k]
@@ -330,13 +343,14 @@ def backward_kernel(K, G, T, is64, sim):
                 c = tot_e / nf  # the saved mean's rounding
                 mean_gy = tot_g / nf
             mean_gyxh = r * (tot_ge - c * tot_g) / nf
+            dxr = dx[rr]
             for k in range(K):
-                j = lane + k * G
+                uj = ul + uint32(k * G)
                 xh = (e[k] - c) * r
                 acc_w[k] += d[k] * xh  # d is 0 past the row's end and on inactive rows
                 acc_b[k] += d[k]
-                if active and j < N:
-                    dx[row, j] = r * (d[k] * wv[k] - mean_gy - xh * mean_gyxh)
+                if active and uj <= last:
+                    dxr[uj] = r * (d[k] * wv[k] - mean_gy - xh * mean_gyxh)
         # the block's partial row: its groups' sums added in group order (deterministic)
         p = cuda.blockIdx.x
         for k in range(K):
