@@ -123,3 +123,37 @@ def test_bad_input_on_the_device_path():
         L.layer_norm_backward(cuda.to_device(np.ones((3, 2), np.float32)), x, m, r)
     with pytest.raises(ValueError, match="mean has shape"):
         L.layer_norm_backward(x, x, cuda.to_device(np.ones(2, np.float32)), r)
+
+
+def _simulator():
+    from lnnumba.gpu import norm as gn
+
+    return gn._SIM
+
+
+@pytest.mark.skipif(_simulator(), reason="the simulator always launches through the dispatcher")
+def test_lean_launch_matches_the_dispatcher():
+    """lnnumba.gpu._launch packs the arguments itself: the same bits as Numba's own launch."""
+    from lnnumba.gpu import norm as gn
+
+    x, w, b, dy = data(777, 333, np.float32, seed=5)
+    dX, dW, dB, dDY = (cuda.to_device(a) for a in (x, w, b, dy))
+
+    def run():
+        y, m, r = L.layer_norm_forward(dX, dW, dB)
+        g = L.layer_norm_backward(dDY, dX, m, r, dW)
+        z, rr = L.rms_norm_forward(dX, dW)
+        return [a.copy_to_host() for a in (y, m, r, *g, z, rr)]
+
+    run()  # compiles; later calls take the lean launch
+    fast = run()
+    assert all(k._fn is not None for k in gn._KERNELS.values())
+    try:
+        for k in gn._KERNELS.values():
+            k.enabled, k._fn = False, None
+        slow = run()
+    finally:
+        for k in gn._KERNELS.values():
+            k.enabled = True
+    for a, c in zip(fast, slow):
+        np.testing.assert_array_equal(a, c)
