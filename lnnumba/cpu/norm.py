@@ -7,8 +7,9 @@ builds those views; kernels trust them.
 One row routine per operation serves every path: the serial drivers loop over rows, the parallel
 drivers split the rows among threads, and the recurrent cells call the row routines directly.
 Blocks of four rows have their own routines (``rows4_*``), the same arithmetic with each column's
-parameters and weight-gradient accumulators loaded once per four rows; the drivers take rows
-four at a time where that is faster and the rest one by one. LN and RMSNorm share the routines:
+parameters and weight-gradient accumulators loaded once per four rows; the forward takes rows
+four at a time where that is faster, and the backward's second pass runs a cache line at a time
+in vector registers (``lines_backward``). LN and RMSNorm share the routines:
 ``center=False`` skips the mean (RMSNorm). Large outputs (``STREAM_MIN_BYTES``) are written
 with non-temporal stores, a cache line at a time from vector registers, while the rows ahead
 are prefetched (``_forward_rows_stream``, ``_backward_rows_stream``; see
@@ -38,6 +39,7 @@ from numba import get_num_threads, njit, prange
 from .stream import (
     LINE_BYTES,
     line_head,
+    lines_backward,
     prefetch,
     prefetch_l1,
     store_fence,
@@ -62,14 +64,11 @@ SLOW_LAUNCH_PARALLEL_MIN_ELEMENTS = 1 << 19
 # reads its row straight back from L1.
 FORWARD_BLOCK_MIN_BYTES = 16 << 20
 
-# Backward rows longer than this run the second pass of each block of four rows fused with the
-# first pass of the next (``rows4_backward_fused``), so the next rows stream in from memory while
-# this block computes: 1.1-1.2x faster at 4096 float32 columns. Shorter rows take the passes one
-# after the other, the second reading the block back from L1, which measured up to 1.1x faster
-# at 1024 float32 columns (the eight rows of x and dy that a fused pass touches would not fit
-# L1 there). The blocked forward (``FORWARD_BLOCK_MIN_BYTES``) fuses the same way
-# (``rows4_forward_fused``) for rows longer than this: 1.12x faster at 8192x4096 float32, and
-# 1.5x slower at 4096x1024, where the row passes stay apart.
+# Rows of the blocked forward (``FORWARD_BLOCK_MIN_BYTES``) longer than this run each block's
+# output pass fused with the statistics pass of the next (``rows4_forward_fused``), so the next
+# rows stream in from memory while this block computes: 1.12x faster at 8192x4096 float32, and
+# 1.5x slower at 4096x1024, where the row passes stay apart (the eight rows a fused pass touches
+# would not fit L1).
 FUSE_MIN_ROW_BYTES = 4096
 
 # From this many bytes of output, the forward pass writes it with non-temporal stores (see
@@ -401,7 +400,7 @@ def _col4_terms(dy, x, w, m, j):
 @njit(inline="always")
 def _col4_grads(dx, dw_acc, db_acc, dy, w, j, h0, h1, h2, h3, r, a, bb):
     """Column j of four rows' second pass, given their xhat values h0..h3: dx written, dw and db
-    accumulated once for the four rows (arguments as ``rows4_backward``). Inlined into its
+    accumulated once for the four rows (arguments as ``rows4_backward_range``). Inlined into its
     callers' loops, which it shares."""
     g0 = dy[0, j]
     g1 = dy[1, j]
@@ -445,64 +444,6 @@ def rows4_backward_sums(dy, x, w, m):
         q2 += u2 * v2
         q3 += u3 * v3
     return (e0, e1, e2, e3), (g0, g1, g2, g3), (q0, q1, q2, q3)
-
-
-@njit(**_jit_elementwise)
-def rows4_backward(dx, dw_acc, db_acc, dy, x, w, m, c, r, a, bb):
-    """``row_backward`` for four rows at once: each column's dw/db accumulators and w are loaded
-    and stored once for the four rows instead of once per row, which halves the memory
-    instructions of the pass. The last block of a run of rows takes it; the others take
-    ``rows4_backward_fused``.
-
-    dx: (4, N) out; dw_acc: (N,); db_acc: (N,) or None; dy, x: (4, N); w: (N,) or None; m, c, r,
-    a, bb: 4-tuples of the rows' ``row_backward_coefs``.
-    """
-    for j in range(x.shape[1]):
-        h0 = ((x[0, j] - m[0]) - c[0]) * r[0]
-        h1 = ((x[1, j] - m[1]) - c[1]) * r[1]
-        h2 = ((x[2, j] - m[2]) - c[2]) * r[2]
-        h3 = ((x[3, j] - m[3]) - c[3]) * r[3]
-        _col4_grads(dx, dw_acc, db_acc, dy, w, j, h0, h1, h2, h3, r, a, bb)
-
-
-@njit(**_jit_reduce)
-def rows4_backward_fused(dx, dw_acc, db_acc, dy, x, w, m, cr, r, a, bb, dy_next, x_next, m_next):
-    """``rows4_backward`` fused with the first pass of the next four rows.
-
-    dx: (4, N) out; dw_acc: (N,) accumulator of x's dtype; db_acc: (N,) accumulator or None;
-    dy, x: (4, N); w: (N,) or None; m, r, a, bb: 4-tuples of the rows' constants (as
-    ``row_backward_coefs`` returns, in x's dtype) and cr of c * r; dy_next, x_next: (4, N), the
-    next four rows, m_next their saved means (4-tuple). Returns the next rows' sums, as
-    ``rows4_backward_sums``.
-
-    Per column, dw/db and w are loaded and stored once for the four rows (not once per row),
-    and the next rows' data streams in from memory while this block computes from cache: one
-    loop that keeps both the memory system and the arithmetic units busy. The sums need
-    reassociation to vectorize, so xhat is taken as (x - m) * r - cr: a single difference, which
-    no regrouping can turn into x - (m + c) (that would lose the digits c keeps).
-    """
-    t = x.dtype.type
-    e0 = e1 = e2 = e3 = s0 = s1 = s2 = s3 = q0 = q1 = q2 = q3 = t(0)
-    for j in range(x.shape[1]):
-        h0 = (x[0, j] - m[0]) * r[0] - cr[0]
-        h1 = (x[1, j] - m[1]) * r[1] - cr[1]
-        h2 = (x[2, j] - m[2]) * r[2] - cr[2]
-        h3 = (x[3, j] - m[3]) * r[3] - cr[3]
-        _col4_grads(dx, dw_acc, db_acc, dy, w, j, h0, h1, h2, h3, r, a, bb)
-        u0, u1, u2, u3, v0, v1, v2, v3 = _col4_terms(dy_next, x_next, w, m_next, j)
-        e0 += u0
-        e1 += u1
-        e2 += u2
-        e3 += u3
-        s0 += v0
-        s1 += v1
-        s2 += v2
-        s3 += v3
-        q0 += u0 * v0
-        q1 += u1 * v1
-        q2 += u2 * v2
-        q3 += u3 * v3
-    return (e0, e1, e2, e3), (s0, s1, s2, s3), (q0, q1, q2, q3)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -772,14 +713,6 @@ def forward_parallel(y, mean, rstd, x, w, b, eps, center, block, stream, nt):
 
 
 @njit(**_jit)
-def _at(a, i):
-    """a[i] as float64, or 0.0 where a is None."""
-    if a is None:
-        return 0.0
-    return a[i] * 1.0
-
-
-@njit(**_jit)
 def _means4(mean, i, t):
     """The saved means of rows i..i+3 as a 4-tuple of dtype t (zeros where mean is None)."""
     if mean is None:
@@ -790,8 +723,7 @@ def _means4(mean, i, t):
 @njit(**_jit)
 def _coefs4(n, rstd, i, sums, center, t):
     """The second-pass constants of rows i..i+3 from their ``rows4_backward_sums``:
-    (c, cr, r, a, bb), 4-tuples of dtype t (see ``rows4_backward`` and
-    ``rows4_backward_fused``)."""
+    (c, cr, r, a, bb), 4-tuples of dtype t (see ``rows4_backward_range``)."""
     s_e, s_g, s_ge = sums
     r0, r1, r2, r3 = rstd[i] * 1.0, rstd[i + 1] * 1.0, rstd[i + 2] * 1.0, rstd[i + 3] * 1.0
     c0, a0, b0 = backward_coefs(n, r0, s_e[0], s_g[0], s_ge[0], center)
@@ -810,8 +742,10 @@ def _coefs4(n, rstd, i, sums, center, t):
 @njit(**_jit_elementwise)
 def rows4_backward_range(dx, dw_acc, db_acc, dy, x, w, m, cr, r, a, bb, j0, j1):
     """Columns j0..j1-1 of four rows' second backward pass, as ``store_lines_backward``
-    computes them but with ordinary stores (xhat = (x - m) * r - cr). Arguments as
-    ``rows4_backward_fused``'s."""
+    computes them but with ordinary stores (xhat = (x - m) * r - cr), dw and db accumulated once
+    for the four rows. dx: (4, N) out; dw_acc: (N,) accumulator of x's dtype; db_acc: (N,)
+    accumulator or None; dy, x: (4, N); w: (N,) or None; m, cr, r, a, bb: 4-tuples of the rows'
+    saved means and second-pass constants in x's dtype (``_coefs4``)."""
     for j in range(j0, j1):
         h0 = (x[0, j] - m[0]) * r[0] - cr[0]
         h1 = (x[1, j] - m[1]) * r[1] - cr[1]
@@ -918,47 +852,46 @@ def _backward_rows_stream(dx, dw_acc, db_acc, dy, x, mean, rstd, w, lo, hi):
 
 
 @njit(**_jit)
-def _backward_rows(dx, dw_acc, db_acc, dy, x, mean, rstd, w, stream, lo, hi):
-    """Rows lo..hi-1 of the backward pass, accumulating into dw_acc/db_acc (N,) of x's dtype
-    (db_acc None: no bias gradient): four rows at a time, the rest one by one.
-
-    dx: (M, N) out; dy, x: (M, N); mean: (M,) or None (RMSNorm); rstd: (M,); w: (N,) or None.
-    Rows longer than ``FUSE_MIN_ROW_BYTES`` are software-pipelined: each block's second pass
-    runs with the next block's first pass. ``stream`` writes dx with non-temporal stores
-    instead (``_backward_rows_stream``, where dx's rows allow it), then fences them.
-    """
+def _backward_rows_lines(dx, dw_acc, db_acc, dy, x, mean, rstd, w, lo, hi):
+    """Rows lo..hi-1 of the backward pass one at a time, dx written with ordinary stores: each
+    row's first pass (``row_backward_sums``), then its second pass a cache line at a time in
+    vector registers (``lines_backward``), the columns past the last whole line as
+    ``row_backward_range``. Arguments as ``_backward_rows``."""
     t = x.dtype.type
     center = mean is not None
     n = x.shape[1]
+    dxf = dx.reshape(-1)
+    dyf = dy.reshape(-1)
+    xf = x.reshape(-1)
+    L = LINE_BYTES // x.itemsize
+    e = n - n % L
+    for i in range(lo, hi):
+        m = t(mean[i]) if center else t(0)
+        s_e, s_g, s_ge = row_backward_sums(dy[i], x[i], w, m)
+        r = rstd[i] * 1.0
+        c, a, bb = backward_coefs(n, r, s_e, s_g, s_ge, center)
+        cr, rt, at, bt = t(c * r), t(r), t(a), t(bb)
+        k0 = i * n
+        for j in range(0, e, L):
+            lines_backward(
+                dxf, dw_acc, db_acc, dyf, xf, w, k0 + j, n, j, (m,), (cr,), (rt,), (at,), (bt,)
+            )
+        row_backward_range(dx[i], dw_acc, db_acc, dy[i], x[i], w, m, cr, rt, at, bt, e, n)
+
+
+@njit(**_jit)
+def _backward_rows(dx, dw_acc, db_acc, dy, x, mean, rstd, w, stream, lo, hi):
+    """Rows lo..hi-1 of the backward pass, accumulating into dw_acc/db_acc (N,) of x's dtype
+    (db_acc None: no bias gradient).
+
+    dx: (M, N) out; dy, x: (M, N) C-contiguous; mean: (M,) or None (RMSNorm); rstd: (M,);
+    w: (N,) or None. Rows go one at a time, each second pass a cache line at a time in vector
+    registers (``_backward_rows_lines``). ``stream`` writes dx with non-temporal stores instead
+    (``_backward_rows_stream``, where dx's rows allow it), then fences them.
+    """
     if stream:
         lo = _backward_rows_stream(dx, dw_acc, db_acc, dy, x, mean, rstd, w, lo, hi)
-    nb = (hi - lo) // 4
-    fuse = n * x.itemsize > FUSE_MIN_ROW_BYTES
-    if nb > 0:
-        m = _means4(mean, lo, t)
-        sums = rows4_backward_sums(dy[lo : lo + 4], x[lo : lo + 4], w, m)
-        for k in range(nb - 1):
-            i = lo + 4 * k
-            m_next = _means4(mean, i + 4, t)
-            c, cr, r, a, bb = _coefs4(n, rstd, i, sums, center, t)
-            if fuse:
-                sums = rows4_backward_fused(
-                    dx[i : i + 4], dw_acc, db_acc, dy[i : i + 4], x[i : i + 4], w,
-                    m, cr, r, a, bb, dy[i + 4 : i + 8], x[i + 4 : i + 8], m_next,
-                )  # fmt: skip
-            else:
-                rows4_backward(
-                    dx[i : i + 4], dw_acc, db_acc, dy[i : i + 4], x[i : i + 4], w, m, c, r, a, bb
-                )
-                sums = rows4_backward_sums(dy[i + 4 : i + 8], x[i + 4 : i + 8], w, m_next)
-            m = m_next
-        i = lo + 4 * (nb - 1)  # the last block: nothing to fuse with
-        c, cr, r, a, bb = _coefs4(n, rstd, i, sums, center, t)
-        rows4_backward(
-            dx[i : i + 4], dw_acc, db_acc, dy[i : i + 4], x[i : i + 4], w, m, c, r, a, bb
-        )
-    for i in range(lo + 4 * nb, hi):
-        row_ln_backward(dx[i], dw_acc, db_acc, dy[i], x[i], w, _at(mean, i), rstd[i], center)
+    _backward_rows_lines(dx, dw_acc, db_acc, dy, x, mean, rstd, w, lo, hi)
     if stream:
         store_fence()
 

@@ -135,87 +135,109 @@ def store_line_normalized(typingctx, y, yk, x, xk, w, b, wk, x0, r, cr):
     return sig, codegen
 
 
-@intrinsic
-def store_lines_backward(typingctx, dx, dw_acc, db_acc, dy, x, w, k, n, j, m, cr, r, a, bb):
-    """One cache line of one or four rows' second backward pass, in vector registers: with
-    h = (x - m) * r - cr and gw = dy * w, for rows q = 0..R-1 at k + q * n of the flattened
-    arrays,
+def _lines_backward(name, nontemporal, doc):
+    """The intrinsic ``store_lines_backward`` (``nontemporal``) or ``lines_backward``."""
 
-        dx = r * (gw - a - h * bb)                      (non-temporal stores)
-        dw_acc[j:j+L] += sum over q of dy * h,  db_acc[j:j+L] += sum over q of dy
+    def lines(typingctx, dx, dw_acc, db_acc, dy, x, w, k, n, j, m, cr, r, a, bb):
+        if not (isinstance(dx, types.Array) and isinstance(dx.dtype, types.Float)):
+            return None
+        ft = dx.dtype
+        if not all(isinstance(t, types.Array) and t.dtype == ft for t in (dw_acc, dy, x)):
+            return None
+        if not all(t == types.none or (isinstance(t, types.Array) and t.dtype == ft)
+                   for t in (db_acc, w)):  # fmt: skip
+            return None
+        if not (isinstance(m, types.UniTuple) and m.count in (1, 4)):
+            return None
+        rows = m.count
+        if not all(isinstance(t, types.UniTuple) and t.count == rows for t in (cr, r, a, bb)):
+            return None
+        sig = types.void(dx, dw_acc, db_acc, dy, x, w, k, n, j, m, cr, r, a, bb)
 
-    (the sums over four rows as ``(q0 + q1) + (q2 + q3)``, as ``rows4_backward``'s). dx, dy,
-    x: 1-d C-contiguous, one float dtype; dw_acc: (N,) of it; db_acc, w: (N,) of it or None;
-    k, n, j: the flat index of row 0's line, the row length, the line's column; m, cr, r, a, bb:
-    R-tuples of the dtype, R = 1 or 4. &dx[k + q * n] must be LINE_BYTES-aligned. Contracts
-    to fused multiply-adds only (``contract``, ``nsz``), like the kernels' element-wise loops.
-    """
-    if not (isinstance(dx, types.Array) and isinstance(dx.dtype, types.Float)):
-        return None
-    ft = dx.dtype
-    if not all(isinstance(t, types.Array) and t.dtype == ft for t in (dw_acc, dy, x)):
-        return None
-    if not all(t == types.none or (isinstance(t, types.Array) and t.dtype == ft)
-               for t in (db_acc, w)):  # fmt: skip
-        return None
-    if not (isinstance(m, types.UniTuple) and m.count in (1, 4)):
-        return None
-    rows = m.count
-    if not all(isinstance(t, types.UniTuple) and t.count == rows for t in (cr, r, a, bb)):
-        return None
-    sig = types.void(dx, dw_acc, db_acc, dy, x, w, k, n, j, m, cr, r, a, bb)
+        def codegen(context, builder, signature, args):
+            st = signature.args
+            vt, size = line_type(context, ft)
+            flags = ("contract", "nsz")
+            dxv, dwv, dbv, dyv, xv, wv, kv, nv, jv = args[:9]
+            k = context.cast(builder, kv, st[6], types.intp)
+            n = context.cast(builder, nv, st[7], types.intp)
+            kq = [k]
+            for _ in range(rows - 1):
+                kq.append(builder.add(kq[-1], n))
 
-    def codegen(context, builder, signature, args):
-        st = signature.args
-        vt, size = line_type(context, ft)
-        flags = ("contract", "nsz")
-        dxv, dwv, dbv, dyv, xv, wv, kv, nv, jv = args[:9]
-        k = context.cast(builder, kv, st[6], types.intp)
-        n = context.cast(builder, nv, st[7], types.intp)
-        kq = [k]
-        for _ in range(rows - 1):
-            kq.append(builder.add(kq[-1], n))
+            def splat_q(tup, tty, q):  # element q of a tuple, in every lane
+                return splat(context, builder, builder.extract_value(tup, q), tty.dtype, ft, vt)
 
-        def splat_q(tup, tty, q):  # element q of a tuple, in every lane
-            return splat(context, builder, builder.extract_value(tup, q), tty.dtype, ft, vt)
+            def line(i, idx):
+                return line_ptr(context, builder, st[i], args[i], types.intp, idx, vt)
 
-        def line(i, idx):
-            return line_ptr(context, builder, st[i], args[i], types.intp, idx, vt)
+            wl = None
+            if st[5] != types.none:
+                wl = builder.load(line_ptr(context, builder, st[5], wv, st[8], jv, vt), align=size)
+            gh = []
+            gs = []
+            for q in range(rows):
+                m_, cr_, r_, a_, bb_ = (splat_q(args[9 + t], st[9 + t], q) for t in range(5))
+                xl = builder.load(line(4, kq[q]), align=size)
+                g = builder.load(line(3, kq[q]), align=size)
+                h = builder.fsub(builder.fmul(builder.fsub(xl, m_, flags=flags), r_, flags=flags),
+                                 cr_, flags=flags)  # fmt: skip
+                gh.append(builder.fmul(g, h, flags=flags))
+                gs.append(g)
+                gw = builder.fmul(g, wl, flags=flags) if wl is not None else g
+                d = builder.fsub(builder.fsub(gw, a_, flags=flags),
+                                 builder.fmul(h, bb_, flags=flags), flags=flags)  # fmt: skip
+                out = builder.fmul(r_, d, flags=flags)
+                if nontemporal:
+                    store_nontemporal(builder, out, line(0, kq[q]))
+                else:
+                    builder.store(out, line(0, kq[q]), align=size)
 
-        wl = None
-        if st[5] != types.none:
-            wl = builder.load(line_ptr(context, builder, st[5], wv, st[8], jv, vt), align=size)
-        gh = []
-        gs = []
-        for q in range(rows):
-            m_, cr_, r_, a_, bb_ = (splat_q(args[9 + t], st[9 + t], q) for t in range(5))
-            xl = builder.load(line(4, kq[q]), align=size)
-            g = builder.load(line(3, kq[q]), align=size)
-            h = builder.fsub(builder.fmul(builder.fsub(xl, m_, flags=flags), r_, flags=flags),
-                             cr_, flags=flags)  # fmt: skip
-            gh.append(builder.fmul(g, h, flags=flags))
-            gs.append(g)
-            gw = builder.fmul(g, wl, flags=flags) if wl is not None else g
-            d = builder.fsub(builder.fsub(gw, a_, flags=flags),
-                             builder.fmul(h, bb_, flags=flags), flags=flags)  # fmt: skip
-            store_nontemporal(builder, builder.fmul(r_, d, flags=flags), line(0, kq[q]))
+            def total(v):
+                if len(v) == 1:
+                    return v[0]
+                return builder.fadd(builder.fadd(v[0], v[1], flags=flags),
+                                    builder.fadd(v[2], v[3], flags=flags), flags=flags)  # fmt: skip
 
-        def total(v):
-            if len(v) == 1:
-                return v[0]
-            return builder.fadd(builder.fadd(v[0], v[1], flags=flags),
-                                builder.fadd(v[2], v[3], flags=flags), flags=flags)  # fmt: skip
-
-        p = line_ptr(context, builder, st[1], dwv, st[8], jv, vt)
-        builder.store(builder.fadd(builder.load(p, align=size), total(gh), flags=flags), p,
-                      align=size)  # fmt: skip
-        if st[2] != types.none:
-            p = line_ptr(context, builder, st[2], dbv, st[8], jv, vt)
-            builder.store(builder.fadd(builder.load(p, align=size), total(gs), flags=flags), p,
+            p = line_ptr(context, builder, st[1], dwv, st[8], jv, vt)
+            builder.store(builder.fadd(builder.load(p, align=size), total(gh), flags=flags), p,
                           align=size)  # fmt: skip
-        return context.get_dummy_value()
+            if st[2] != types.none:
+                p = line_ptr(context, builder, st[2], dbv, st[8], jv, vt)
+                builder.store(builder.fadd(builder.load(p, align=size), total(gs), flags=flags),
+                              p, align=size)  # fmt: skip
+            return context.get_dummy_value()
 
-    return sig, codegen
+        return sig, codegen
+
+    lines.__name__ = lines.__qualname__ = name
+    lines.__doc__ = doc
+    return intrinsic(lines)
+
+
+store_lines_backward = _lines_backward(
+    "store_lines_backward",
+    True,
+    """One cache line of one or four rows' second backward pass, in vector registers: with
+h = (x - m) * r - cr and gw = dy * w, for rows q = 0..R-1 at k + q * n of the flattened arrays,
+
+    dx = r * (gw - a - h * bb)                      (non-temporal stores)
+    dw_acc[j:j+L] += sum over q of dy * h,  db_acc[j:j+L] += sum over q of dy
+
+(the sums over four rows as ``(q0 + q1) + (q2 + q3)``, as ``rows4_backward_range``'s). dx, dy,
+x: 1-d C-contiguous, one float dtype; dw_acc: (N,) of it; db_acc, w: (N,) of it or None;
+k, n, j: the flat index of row 0's line, the row length, the line's column; m, cr, r, a, bb:
+R-tuples of the dtype, R = 1 or 4. &dx[k + q * n] must be LINE_BYTES-aligned. Contracts
+to fused multiply-adds only (``contract``, ``nsz``), like the kernels' element-wise loops.
+""",
+)
+
+lines_backward = _lines_backward(
+    "lines_backward",
+    False,
+    """``store_lines_backward`` with ordinary stores, for outputs that stay in the caches: the
+same arithmetic, and no alignment needed beyond the dtype's.""",
+)
 
 
 def _prefetch(a, k, locality):
