@@ -199,21 +199,18 @@ def rms_norm_backward(dy, x, rstd, weight=None, *, axis=-1):
 
 def _small(x, w, b, eps, axis, out, center):
     """``layer_norm`` (center) or ``rms_norm`` of a small 2-d ndarray x (the serial kernel's
-    sizes) over its last axis, without ``out``: y, or None unless every argument is already in
-    the kernels' form (x C-contiguous float32/float64 with a nonzero row length N; w and b None
-    or C-contiguous 1-d ndarrays of length N and x's dtype; eps a finite float >= 0) and the
-    kernel is compiled. The caller then runs the full checks, which raise for bad arguments.
+    sizes) over its last axis: y, or None unless every argument is already in the kernels' form
+    (x C-contiguous float32/float64 with a nonzero row length N; w and b None or C-contiguous
+    1-d ndarrays of length N and x's dtype; eps a finite float >= 0; out None, or a writeable
+    C-contiguous ndarray of x's shape and dtype that is x itself or shares no memory with it)
+    and the kernel is compiled. The caller then runs the full checks, which raise for bad
+    arguments.
 
     At batch 1 the checks are most of a call's cost; these are the fewest that prove the
     arguments valid, and the kernel's entry point is called without Numba's type dispatch.
     """
     if not (
-        type(x) is _ndarray
-        and out is None
-        and x.ndim == 2
-        and type(axis) is int
-        and axis == -1
-        and x.size < _SMALL
+        type(x) is _ndarray and x.ndim == 2 and type(axis) is int and axis == -1 and x.size < _SMALL
     ):
         return None
     dt = x.dtype
@@ -243,10 +240,21 @@ def _small(x, w, b, eps, axis, out, center):
         and type(eps) is float
         and 0.0 <= eps <= _FLOAT_MAX
         and x.flags.c_contiguous
+        and (
+            out is None
+            or (
+                type(out) is _ndarray
+                and out.dtype is dt
+                and out.shape == x.shape
+                and out.flags.c_contiguous
+                and out.flags.writeable
+                and (out is x or not np.may_share_memory(out, x))
+            )
+        )
     ):
         f = _cpu.forward_entries.get((dt, True, True, w is None, b is None))
         if f is not None:  # (only float32/float64 entries are ever made)
-            y = np.empty((x.shape[0], N), dt)
+            y = np.empty((x.shape[0], N), dt) if out is None else out
             f(y, None, None, x, w, b, eps, center, False, False, 1)
             return y
     return None

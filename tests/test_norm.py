@@ -321,6 +321,19 @@ def _outcome(fn, args, kw):
         return ("raises", type(e), str(e))
 
 
+def _read_only(a):
+    a.flags.writeable = False
+    return a
+
+
+def _overlapping(v):
+    """x (a copy of v) and an out of its shape one element further along the same buffer."""
+    buf = np.empty(v.size + 1, v.dtype)
+    x = buf[: v.size].reshape(v.shape)
+    x[...] = v
+    return x, buf[1:].reshape(v.shape)
+
+
 @pytest.mark.filterwarnings("ignore::PendingDeprecationWarning")  # np.matrix
 def test_small_input_short_path_equals_the_full_checks(rng, monkeypatch):
     """layer_norm / rms_norm of small 2-d arrays skip the general argument handling when every
@@ -359,7 +372,15 @@ def test_small_input_short_path_equals_the_full_checks(rng, monkeypatch):
         "bool axis": (x, w, b, {"axis": True}, False),
         "array axis": (x, w, b, {"axis": np.array([-1, -1])}, False),
         "axis -2": (x, None, None, {"axis": -2}, False),
-        "out": (x, w, b, {"out": np.empty_like(x)}, False),
+        # out: a function of a fresh copy of x giving (x, out), called anew for every call
+        "out": (x, w, b, {"out": lambda v: (v, np.empty_like(v))}, True),
+        "out is x": (x, w, b, {"out": lambda v: (v, v)}, True),
+        "out overlapping x": (x, w, b, {"out": _overlapping}, False),
+        "float64 out": (x, w, b, {"out": lambda v: (v, np.empty(v.shape))}, False),
+        "fortran out": (x, w, b, {"out": lambda v: (v, np.empty(v.shape, v.dtype, "F"))}, False),
+        "strided out": (x, w, b, {"out": lambda v: (v, np.empty((3, 32), v.dtype)[:, ::2])}, False),
+        "read-only out": (x, w, b, {"out": lambda v: (v, _read_only(np.empty_like(v)))}, False),
+        "1-d out": (x[:1], w, b, {"out": lambda v: (v, np.empty(16, np.float32))}, False),
         "fortran x": (np.asfortranarray(x), w, b, {}, False),
         "strided x": (wide[:, ::2], w, b, {}, False),
         "zero columns": (x[:, :0], None, None, {}, False),
@@ -371,8 +392,15 @@ def test_small_input_short_path_equals_the_full_checks(rng, monkeypatch):
         "above serial size": (np.resize(x, (K.PARALLEL_MIN_ELEMENTS // 16, 16)), w, b, {}, False),
     }
     for xv, wv, bv, kw, short in variants.values():  # compiles (or loads) the short path's kernels
-        if short:
+        if short and "out" not in kw:
             L.layer_norm(xv, wv, bv, **kw), L.rms_norm(xv, wv, **kw)
+
+    def fresh(xv, kw):
+        """x and the keyword arguments of one call, out (if any) made anew for it."""
+        if "out" not in kw:
+            return xv, kw
+        xv, o = kw["out"](np.array(xv, copy=True))
+        return xv, dict(kw, out=o)
 
     calls = []
     forward = K.forward
@@ -389,13 +417,18 @@ def test_small_input_short_path_equals_the_full_checks(rng, monkeypatch):
             (L.layer_norm, (xv, wv, bv), ln_short),
             (L.rms_norm, (xv, wv), rms_short),
         ]:
+            xs, kws = fresh(xv, kw)
+            args = (xs,) + args[1:]
             before = [np.array(a, copy=True) if a is not None else None for a in args]
+            # an out on x's memory writes x
+            inplace = int("out" in kws and np.may_share_memory(kws["out"], xs))
             calls.clear()
-            got = _outcome(fn, args, kw)
+            got = _outcome(fn, args, kws)
             took_short = got[0] == "ok" and not calls
+            xs2, kws2 = fresh(xv, kw)
             with monkeypatch.context() as m:
                 m.setattr(P, "_small", lambda *a: None)
-                want = _outcome(fn, args, kw)
+                want = _outcome(fn, (xs2,) + args[1:], kws2)
             assert got[0] == want[0] and got[1:-1] == want[1:-1], name
             if got[0] == "ok":
                 assert type(got[1]) is type(want[1]) and got[1].dtype == want[1].dtype, name
@@ -403,7 +436,7 @@ def test_small_input_short_path_equals_the_full_checks(rng, monkeypatch):
             else:
                 assert got[2] == want[2], name
             assert took_short == short, name
-            for a, c in zip(args, before):
+            for a, c in zip(args[inplace:], before[inplace:]):
                 if a is not None:
                     np.testing.assert_array_equal(a, c, err_msg=name)
 
