@@ -809,6 +809,20 @@ def row_backward_range(dx, dw_acc, db_acc, dy, x, w, m, cr, r, a, bb, j0, j1):
         _col_grads(dx, dw_acc, db_acc, dy, w, j, (x[j] - m) * r - cr, r, a, bb)
 
 
+@njit(inline="always", **_jit)
+def _row_line_coefs(dy, x, w, mean, rstd, i):
+    """Row i's first backward pass and the constants of its second as the line routines take
+    them (xhat = (x - m) * r - cr): (m, cr, r, a, bb) in x's dtype. dy, x: (M, N); w: (N,) or
+    None; mean: (M,) or None (RMSNorm); rstd: (M,)."""
+    t = x.dtype.type
+    center = mean is not None
+    m = t(mean[i]) if center else t(0)
+    s_e, s_g, s_ge = row_backward_sums(dy[i], x[i], w, m)
+    r = rstd[i] * 1.0
+    c, a, bb = backward_coefs(x.shape[1], r, s_e, s_g, s_ge, center)
+    return m, t(c * r), t(r), t(a), t(bb)
+
+
 @njit(**_jit)
 def _backward_rows_stream(dx, dw_acc, db_acc, dy, x, mean, rstd, w, lo, hi):
     """Rows lo..hi-1 of the backward pass with dx written with non-temporal stores; returns
@@ -823,8 +837,6 @@ def _backward_rows_stream(dx, dw_acc, db_acc, dy, x, mean, rstd, w, lo, hi):
     Arguments as ``_backward_rows``. As in ``_forward_rows_stream``, dx's rows must all start at
     the same place within a cache line, else no row is done (returns lo).
     """
-    t = x.dtype.type
-    center = mean is not None
     n = x.shape[1]
     dxf = dx.reshape(-1)
     dyf = dy.reshape(-1)
@@ -838,11 +850,7 @@ def _backward_rows_stream(dx, dw_acc, db_acc, dy, x, mean, rstd, w, lo, hi):
     ahead = max(1, STREAM_PREFETCH_BYTES // (2 * n * x.itemsize)) * n  # elements, in each
     end = xf.shape[0]  # the next rows are usually the same thread's next chunk
     for i in range(lo, hi):
-        m = t(mean[i]) if center else t(0)
-        s_e, s_g, s_ge = row_backward_sums(dy[i], x[i], w, m)
-        r = rstd[i] * 1.0
-        c, a, bb = backward_coefs(n, r, s_e, s_g, s_ge, center)
-        cr, rt, at, bt = t(c * r), t(r), t(a), t(bb)
+        m, cr, rt, at, bt = _row_line_coefs(dy, x, w, mean, rstd, i)
         dxi, dyi, xi = dx[i], dy[i], x[i]
         row_backward_range(dxi, dw_acc, db_acc, dyi, xi, w, m, cr, rt, at, bt, 0, h)
         row_backward_range(dxi, dw_acc, db_acc, dyi, xi, w, m, cr, rt, at, bt, e, n)
@@ -863,8 +871,6 @@ def _backward_rows_lines(dx, dw_acc, db_acc, dy, x, mean, rstd, w, lo, hi):
     row's first pass (``row_backward_sums``), then its second pass a cache line at a time in
     vector registers (``lines_backward``), the columns past the last whole line as
     ``row_backward_range``. Arguments as ``_backward_rows``."""
-    t = x.dtype.type
-    center = mean is not None
     n = x.shape[1]
     dxf = dx.reshape(-1)
     dyf = dy.reshape(-1)
@@ -872,11 +878,7 @@ def _backward_rows_lines(dx, dw_acc, db_acc, dy, x, mean, rstd, w, lo, hi):
     L = LINE_BYTES // x.itemsize
     e = n - n % L
     for i in range(lo, hi):
-        m = t(mean[i]) if center else t(0)
-        s_e, s_g, s_ge = row_backward_sums(dy[i], x[i], w, m)
-        r = rstd[i] * 1.0
-        c, a, bb = backward_coefs(n, r, s_e, s_g, s_ge, center)
-        cr, rt, at, bt = t(c * r), t(r), t(a), t(bb)
+        m, cr, rt, at, bt = _row_line_coefs(dy, x, w, mean, rstd, i)
         k0 = i * n
         for j in range(0, e, L):
             lines_backward(

@@ -286,6 +286,23 @@ def backward_kernel(K, G, T, is64, sim):
     R = T // G
     slots, _, red3 = _reducers(G, T, sim)
 
+    @cuda.jit(device=True, inline=True)
+    def block_row(part, p, j, ok, v, shb, tid, lane, grp):
+        """part[p, j] = the sum of v over the block's R groups, in group order (where ok);
+        every thread of the block calls."""
+        if R == 1:
+            if ok:
+                part[p, j] = v
+        else:
+            shb[tid] = v
+            cuda.syncthreads()
+            if grp == 0 and ok:
+                t = shb[lane]
+                for i in range(1, R):
+                    t += shb[i * G + lane]
+                part[p, j] = t
+            cuda.syncthreads()
+
     @_jit(T, sim)
     def kernel(dx, part_w, part_b, dy, x, mean, rstd, w, center, has_w):
         sh = cuda.shared.array((6, slots), dt)  # two sets of three slots, used in turn
@@ -355,27 +372,8 @@ def backward_kernel(K, G, T, is64, sim):
         p = cuda.blockIdx.x
         for k in range(K):
             j = lane + k * G
-            if R == 1:
-                if j < N:
-                    part_w[p, j] = acc_w[k]
-                    part_b[p, j] = acc_b[k]
-            else:
-                shb[tid] = acc_w[k]
-                cuda.syncthreads()
-                if grp == 0 and j < N:
-                    t = shb[lane]
-                    for i in range(1, R):
-                        t += shb[i * G + lane]
-                    part_w[p, j] = t
-                cuda.syncthreads()
-                shb[tid] = acc_b[k]
-                cuda.syncthreads()
-                if grp == 0 and j < N:
-                    t = shb[lane]
-                    for i in range(1, R):
-                        t += shb[i * G + lane]
-                    part_b[p, j] = t
-                cuda.syncthreads()
+            block_row(part_w, p, j, j < N, acc_w[k], shb, tid, lane, grp)
+            block_row(part_b, p, j, j < N, acc_b[k], shb, tid, lane, grp)
 
     return kernel
 
