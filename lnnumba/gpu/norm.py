@@ -40,6 +40,12 @@ def _dummy(dt):
     return a
 
 
+def _shaped(a, *shape):
+    """a reshaped to ``shape``, or a itself where it has that shape already: a reshape makes a
+    new device array object, a few microseconds of a call."""
+    return a if a.shape == shape else a.reshape(*shape)
+
+
 def as_device(fn, name, a):
     """``a`` as a Numba device array; TypeError for host arrays (mixing is an error)."""
     if a is None:
@@ -88,7 +94,7 @@ def rows(fn, x, axis):
             "expected every normalized dimension to have length >= 1"
         )
     _check_layout(fn, "x", x)
-    return x.reshape(math.prod(shape[:axis]), N), shape, axis, dt
+    return _shaped(x, math.prod(shape[:axis]), N), shape, axis, dt
 
 
 def like(fn, name, a, want_shape, dt, what):
@@ -106,7 +112,7 @@ def _param(fn, name, p, shape, axis, dt):
     if p is None:
         return None
     p = like(fn, name, p, shape[axis:], dt, f"x.shape[axis:] for x of shape {shape}")
-    return p.reshape(math.prod(shape[axis:]))
+    return _shaped(p, math.prod(shape[axis:]))
 
 
 def _launch_forward(y2, mean, rstd, x2, w, b, eps, center):
@@ -204,7 +210,7 @@ def forward(fn, x, weight, bias, eps, axis, out, center, with_stats):
         y = like(fn, "out", out, shape, dt, "the shape of x")
     else:
         y = cuda.device_array(shape, dt)
-    y2 = y.reshape(M, N)
+    y2 = _shaped(y, M, N)
     mean = cuda.device_array(M, dt) if with_stats and center else None
     rstd = cuda.device_array(M, dt) if with_stats else None
     _launch_forward(y2, mean, rstd, x2, w, b, eps, center)
@@ -212,19 +218,19 @@ def forward(fn, x, weight, bias, eps, axis, out, center, with_stats):
         return y
     sshape = _args.stats_shape(shape, axis)
     if center:
-        return y, mean.reshape(*sshape), rstd.reshape(*sshape)
-    return y, rstd.reshape(*sshape)
+        return y, _shaped(mean, *sshape), _shaped(rstd, *sshape)
+    return y, _shaped(rstd, *sshape)
 
 
 def backward(fn, dy, x, mean, rstd, weight, axis, center):
     """The device path of layer_norm_backward / rms_norm_backward."""
     x2, shape, axis, dt = rows(fn, x, axis)
     M, N = x2.shape
-    dy2 = like(fn, "dy", dy, shape, dt, "the shape of x").reshape(M, N)
+    dy2 = _shaped(like(fn, "dy", dy, shape, dt, "the shape of x"), M, N)
     sshape = _args.stats_shape(shape, axis)
     what = "x.shape[:axis] + (1,) * k, as returned by the forward pass"
-    m = like(fn, "mean", mean, sshape, dt, what).reshape(M) if center else None
-    r = like(fn, "rstd", rstd, sshape, dt, what).reshape(M)
+    m = _shaped(like(fn, "mean", mean, sshape, dt, what), M) if center else None
+    r = _shaped(like(fn, "rstd", rstd, sshape, dt, what), M)
     w = _param(fn, "weight", weight, shape, axis, dt)
     dx = cuda.device_array(shape, dt)
     dw = cuda.device_array(N, dt)
@@ -234,8 +240,8 @@ def backward(fn, dy, x, mean, rstd, weight, axis, center):
         dw.copy_to_device(zeros)
         db.copy_to_device(zeros)
     else:
-        _launch_backward(dx.reshape(M, N), dw, db, dy2, x2, m, r, w, center)
+        _launch_backward(_shaped(dx, M, N), dw, db, dy2, x2, m, r, w, center)
     S = shape[axis:]
     if center:
-        return dx, dw.reshape(*S), db.reshape(*S)
-    return dx, dw.reshape(*S)
+        return dx, _shaped(dw, *S), _shaped(db, *S)
+    return dx, _shaped(dw, *S)
