@@ -76,9 +76,10 @@ FUSE_MIN_ROW_BYTES = 4096
 # the backward (``_backward_rows_stream``). Measured side by side on 2 cores, streamed against
 # ordinary stores, forward / backward: at 4096x1024 float32 (16 MB: in and out may stay in the
 # last-level cache, and a reader of the output would find it there) 0.90x / 1.03x on an Intel
-# Xeon, 0.70x / 1.5x on an AMD EPYC (where the backward's one-row streaming loop also computes
-# faster than its ordinary blocks of four); 1.14-1.26x / 1.19-1.30x at 8192x1024 float32 and
-# 4096x1024 float64 (32 MB), 1.47x / 1.30x at 8192x4096 float32 (128 MB), on the Xeon.
+# Xeon, 0.70x / 1.5x on an AMD EPYC (the backward measured against its former blocks of four;
+# its ordinary-store path now runs the same one-row loop); 1.14-1.26x / 1.19-1.30x at 8192x1024
+# float32 and 4096x1024 float64 (32 MB), 1.47x / 1.30x at 8192x4096 float32 (128 MB), on the
+# Xeon.
 STREAM_MIN_BYTES = 32 << 20
 BACKWARD_STREAM_MIN_BYTES = 16 << 20
 # Rows longer than this are not streamed: a block of four rows would no longer stay in L2

@@ -35,7 +35,9 @@ _lock = threading.Lock()
 
 
 class Kernel:
-    """``Kernel(dispatcher)(grid, block, *args)`` launches ``dispatcher[grid, block](*args)``.
+    """``Kernel(dispatcher)(grid, block, *args)`` launches ``dispatcher[grid, block](*args)``;
+    ``launch(ctx, grid, block, *args)`` does the same with the current context already looked
+    up (``cuda.current_context()``), for callers that launch several kernels.
 
     ``enabled=False`` (the simulator, or numba-cuda internals that do not match) always uses the
     dispatcher.
@@ -79,8 +81,11 @@ class Kernel:
         return True
 
     def __call__(self, grid, block, *args):
+        self.launch(cuda.current_context(), grid, block, *args)
+
+    def launch(self, ctx, grid, block, *args):
         fn = self._fn
-        if fn is None or cuda.current_context() is not self._ctx:
+        if fn is None or ctx is not self._ctx:
             self.dispatcher[grid, block](*args)
             if self.enabled and self._fn is None:
                 with _lock:

@@ -143,8 +143,9 @@ def _launch_forward(y2, mean, rstd, x2, w, b, eps, center):
 _scratch = threading.local()
 
 
-def _partials(P, N, dt):
-    """Two (P, N) device arrays for the backward's partial sums, reused by this thread.
+def _partials(ctx, P, N, dt):
+    """Two (P, N) device arrays for the backward's partial sums in context ctx, reused by this
+    thread.
 
     Every launch goes to the default stream, in order, so a thread's next backward cannot
     overwrite them before its sum kernel has read them; other threads get their own.
@@ -152,7 +153,7 @@ def _partials(P, N, dt):
     cache = getattr(_scratch, "bufs", None)
     if cache is None:
         cache = _scratch.bufs = {}
-    key = (P, N, dt.str, id(cuda.current_context()))
+    key = (P, N, dt.str, id(ctx))
     bufs = cache.get(key)
     if bufs is None:
         if len(cache) >= 4:
@@ -161,8 +162,9 @@ def _partials(P, N, dt):
     return bufs
 
 
-def _multiprocessors():
-    dev = cuda.get_current_device()
+def _multiprocessors(ctx):
+    """The multiprocessor count of ctx's device (looked up once per device)."""
+    dev = ctx.device
     n = _SMS.get(dev.id)
     if n is None:
         n = _SMS[dev.id] = dev.MULTIPROCESSOR_COUNT
@@ -176,10 +178,12 @@ def _launch_backward(dx2, dw, db, dy2, x2, mean, rstd, w, center):
     M, N = x2.shape
     dt = np.dtype(x2.dtype)
     is64 = dt == np.float64
-    G, K, T, blocks = kernels.backward_plan(M, N, _SIM, 0 if _SIM else _multiprocessors())
-    part_w, part_b = _partials(blocks, N, dt)  # row p: block p's sums
+    ctx = cuda.current_context()  # looked up once for the two launches and the scratch
+    G, K, T, blocks = kernels.backward_plan(M, N, _SIM, 0 if _SIM else _multiprocessors(ctx))
+    part_w, part_b = _partials(ctx, blocks, N, dt)  # row p: block p's sums
     d = _dummy(dt)
-    _fast(kernels.backward_kernel(K, G, T, is64, _SIM))(
+    _fast(kernels.backward_kernel(K, G, T, is64, _SIM)).launch(
+        ctx,
         blocks,
         T,
         dx2,
@@ -194,8 +198,8 @@ def _launch_backward(dx2, dw, db, dy2, x2, mean, rstd, w, center):
         w is not None,
     )
     CX, SL = (64, 1) if _SIM else (kernels.SUM_COLS, kernels.SUM_SLICES)
-    _fast(kernels.sum_partials_kernel(is64, CX, SL, _SIM))(
-        max(1, math.ceil(N / CX)), (CX, SL), dw, db, part_w, part_b
+    _fast(kernels.sum_partials_kernel(is64, CX, SL, _SIM)).launch(
+        ctx, max(1, math.ceil(N / CX)), (CX, SL), dw, db, part_w, part_b
     )
 
 
