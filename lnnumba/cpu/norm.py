@@ -201,17 +201,19 @@ def stats_from_sums(x, s1, s2, eps, center):
 
 @njit(**_jit_elementwise)
 def row_forward(y, x, w, b, x0, c, r):
-    """y = ((x - x0) - c) * r * w + b for one row; ``w``/``b`` may be None (1 and 0).
+    """y = ((x - x0) * r - c * r) * w + b for one row; ``w``/``b`` may be None (1 and 0).
 
     y: (N,) out, dtype of x; x: (N,); w, b: (N,) or None; x0, c, r: as ``row_stats`` returns.
-    Compiled without reassociation, so ``(x - x0) - c`` is evaluated as written.
+    The arithmetic of every forward path (``row_forward_range``, ``store_line_normalized``),
+    so that all give the same bits: an exact difference x - x0 (compiled without
+    reassociation, which could regroup it), then one fused multiply-add, (x - x0) * r - c * r,
+    rounded once, where ((x - x0) - c) * r rounded twice and took one operation more.
     """
-    n = x.shape[0]
     t = x.dtype.type
     rt = t(r)
-    ct = t(c)
-    for j in range(n):
-        _col_out(y, w, b, j, ((x[j] - x0) - ct) * rt)
+    crt = t(c * r)
+    for j in range(x.shape[0]):
+        _col_out(y, w, b, j, (x[j] - x0) * rt - crt)
 
 
 @njit(inline="always")
@@ -248,17 +250,17 @@ def _col4_out(y, w, b, j, v0, v1, v2, v3):
 
 
 @njit(**_jit_elementwise)
-def rows4_forward(y, x, w, b, x0, c, r):
+def rows4_forward(y, x, w, b, x0, cr, r):
     """``row_forward`` for four rows at once, loading each column's w and b once for the four.
 
-    y: (4, N) out; x: (4, N); w, b: (N,) or None; x0, c, r: 4-tuples of the rows' statistics in
-    x's dtype. The same arithmetic as ``row_forward``, row by row.
+    y: (4, N) out; x: (4, N); w, b: (N,) or None; x0, cr, r: 4-tuples of the rows' statistics in
+    x's dtype, cr = c * r. The same arithmetic as ``row_forward``, row by row.
     """
     for j in range(x.shape[1]):
-        v0 = ((x[0, j] - x0[0]) - c[0]) * r[0]
-        v1 = ((x[1, j] - x0[1]) - c[1]) * r[1]
-        v2 = ((x[2, j] - x0[2]) - c[2]) * r[2]
-        v3 = ((x[3, j] - x0[3]) - c[3]) * r[3]
+        v0 = (x[0, j] - x0[0]) * r[0] - cr[0]
+        v1 = (x[1, j] - x0[1]) * r[1] - cr[1]
+        v2 = (x[2, j] - x0[2]) * r[2] - cr[2]
+        v3 = (x[3, j] - x0[3]) * r[3] - cr[3]
         _col4_out(y, w, b, j, v0, v1, v2, v3)
 
 
@@ -458,7 +460,7 @@ def rows4_backward_sums(dy, x, w, m):
 # ---------------------------------------------------------------------------------------------
 
 
-@njit(**_jit)
+@njit(inline="always", **_jit)
 def row_ln(y, x, w, b, eps, center):
     """Layer norm (``center``) or RMSNorm of one row, the routine every caller shares.
 
@@ -516,9 +518,9 @@ def _forward_rows_fused(y, mean, rstd, x, w, b, eps, center, lo, hi):
     while True:
         _save_stats4(mean, rstd, i, x0, c, r)
         rs = (t(r[0]), t(r[1]), t(r[2]), t(r[3]))
+        crs = (t(c[0] * r[0]), t(c[1] * r[1]), t(c[2] * r[2]), t(c[3] * r[3]))
         if i + 8 > hi:
             break
-        crs = (t(c[0] * r[0]), t(c[1] * r[1]), t(c[2] * r[2]), t(c[3] * r[3]))
         z = t(0)
         k = (
             x[i + 4, 0] if center else z,
@@ -536,7 +538,7 @@ def _forward_rows_fused(y, mean, rstd, x, w, b, eps, center, lo, hi):
         x0, c, r = (a0, a1, a2, a3), (c0, c1, c2, c3), (r0, r1, r2, r3)
         i += 4
     # the last block, its statistics already taken
-    rows4_forward(y[i : i + 4], x[i : i + 4], w, b, x0, (t(c[0]), t(c[1]), t(c[2]), t(c[3])), rs)
+    rows4_forward(y[i : i + 4], x[i : i + 4], w, b, x0, crs, rs)
     return i + 4
 
 
@@ -687,7 +689,8 @@ def _forward_rows(y, mean, rstd, x, w, b, eps, center, block, stream, lo, hi):
             x0, c, r = _stats4(x[i : i + 4], eps, center)
             rows4_forward(
                 y[i : i + 4], x[i : i + 4], w, b, x0,
-                (t(c[0]), t(c[1]), t(c[2]), t(c[3])), (t(r[0]), t(r[1]), t(r[2]), t(r[3])),
+                (t(c[0] * r[0]), t(c[1] * r[1]), t(c[2] * r[2]), t(c[3] * r[3])),
+                (t(r[0]), t(r[1]), t(r[2]), t(r[3])),
             )  # fmt: skip
             _save_stats4(mean, rstd, i, x0, c, r)
             i += 4
