@@ -540,3 +540,18 @@ def test_eps_is_used(rng):
 def test_array_likes_are_accepted():
     y = L.layer_norm([[1.0, 2.0, 4.0]])
     np.testing.assert_allclose(y, R.layer_norm_forward(np.array([[1.0, 2.0, 4.0]]))[0])
+
+
+def test_backward_partial_sums_start_where_dx_does():
+    # the scratch partial sums start as far past a cache line boundary as dx does, so that
+    # dx's line-aligned columns are line-aligned in them too; each offset's views are reused
+    from lnnumba.cpu.stream import LINE_BYTES
+
+    for dtype in (np.float32, np.float64):
+        for offset in range(0, LINE_BYTES, np.dtype(dtype).itemsize):
+            pw, pb = K._scratch_partials(3, 40, dtype, offset)
+            assert pw.shape == pb.shape == (3, 40) and pw.dtype == pb.dtype == dtype
+            assert pw.ctypes.data % LINE_BYTES == pb.ctypes.data % LINE_BYTES == offset
+            assert pw.flags.c_contiguous and not np.shares_memory(pw, pb)
+            again = K._scratch_partials(3, 40, dtype, offset)
+            assert again[0] is pw and again[1] is pb

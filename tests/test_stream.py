@@ -174,3 +174,72 @@ def test_streamed_outputs_from_many_threads(rng, monkeypatch):
     for t in threads:
         t.join()
     assert not errors
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("N", [5, 16, 21, 37, 48, 64, 100])
+def test_backward_lines_at_every_alignment(rng, dtype, N):
+    # the backward's second pass with ordinary stores (``_backward_rows_lines``) starts its whole
+    # lines at dx's first line boundary and takes the columns before and after as whole lines
+    # overlapping them, their dw/db terms masked: every start within a line, for dx, x, dy and
+    # the accumulators together (NumPy's large arrays) and apart, rows shorter than a line, and
+    # rows that are not a whole number of lines, against the reference
+    tol = 2e-5 if dtype == np.float32 else 1e-12
+    per_line = LINE_BYTES // np.dtype(dtype).itemsize
+    M = 3
+    x0 = (3 + make(rng, (M, N), dtype)).astype(dtype)
+    dy0 = make(rng, (M, N), dtype)
+    w = make(rng, N, dtype)
+    yr, mr, rr = R.layer_norm_forward(x0, w)
+    dxr, dwr, dbr = R.layer_norm_backward(dy0, x0, mr, rr, w)
+    m, r = mr.ravel().astype(dtype), rr.ravel().astype(dtype)
+    _, rq = R.rms_norm_forward(x0, w)
+    dxq, dwq = R.rms_norm_backward(dy0, x0, rq, w)
+    for off in range(per_line):
+        for other in (off, (off + 1) % per_line):  # x, dy and accumulators with dx, or apart
+            x = at_offset((M, N), dtype, other)
+            dy = at_offset((M, N), dtype, other)
+            x[:], dy[:] = x0, dy0
+            dx = at_offset((M, N), dtype, off)
+            dw, db = at_offset(N, dtype, other), at_offset(N, dtype, other)
+            dw[:], db[:] = 0, 0
+            K._backward_rows_lines(dx, dw, db, dy, x, m, r, w, 0, M)
+            assert dx_err(dx, dxr, rr, dy0, w) < tol * 10, (off, other)
+            assert rel_err(dw, dwr) < tol and rel_err(db, dbr) < tol, (off, other)
+            dx[:], dw[:] = np.nan, 0
+            K._backward_rows_lines(dx, dw, None, dy, x, None, rq.ravel().astype(dtype), w, 0, M)
+            assert dx_err(dx, dxq, rq, dy0, w) < tol * 10 and rel_err(dw, dwq) < tol, (off, other)
+    assert np.array_equal(x, x0) and np.array_equal(dy, dy0)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("N", [5, 16, 21, 37, 48, 64, 100])
+def test_forward_lines_at_every_alignment(rng, dtype, N):
+    # the forward's line-aligned pass (``_forward_rows_lines``, rows up to
+    # LINES_FORWARD_MAX_ROW_BYTES) at every start of y within a line, x with y or apart, LN and
+    # RMSNorm, with and without weight and bias, against the reference; in place (y is x) the
+    # plain row loop is taken, since overlapping lines would read what they wrote
+    tol = 2e-5 if dtype == np.float32 else 1e-12
+    per_line = LINE_BYTES // np.dtype(dtype).itemsize
+    assert N * np.dtype(dtype).itemsize <= K.LINES_FORWARD_MAX_ROW_BYTES
+    M = 3
+    x0 = (3 + make(rng, (M, N), dtype)).astype(dtype)
+    w, b = make(rng, N, dtype), make(rng, N, dtype)
+    for off in range(per_line):
+        for other in (off, (off + 1) % per_line):
+            x = at_offset((M, N), dtype, other)
+            x[:] = x0
+            for wb in [(None, None), (w, None), (w, b)]:
+                y, m, r = at_offset((M, N), dtype, off), np.empty(M), np.empty(M)
+                K.forward_serial(y, m, r, x, *wb, 1e-5, True, False, False, 1)
+                yr, mr, rr = R.layer_norm_forward(x0, *wb)
+                assert rel_err(y, yr) < tol and rel_err(m, mr.ravel()) < tol, (off, other)
+                assert rel_err(r, rr.ravel()) < tol
+                K.forward_serial(y, None, r, x, wb[0], None, 1e-6, False, False, False, 1)
+                yq, rq = R.rms_norm_forward(x0, wb[0])
+                assert rel_err(y, yq) < tol and rel_err(r, rq.ravel()) < tol, (off, other)
+            assert np.array_equal(x, x0)
+        xi = at_offset((M, N), dtype, off)
+        xi[:] = x0
+        K.forward_serial(xi, None, None, xi, w, b, 1e-5, True, False, False, 1)  # in place
+        assert rel_err(xi, R.layer_norm_forward(x0, w, b)[0]) < tol, off

@@ -38,7 +38,9 @@ from numba import get_num_threads, njit, prange
 
 from .stream import (
     LINE_BYTES,
+    line_backward_masked,
     line_head,
+    line_normalized,
     lines_backward,
     prefetch,
     prefetch_l1,
@@ -95,6 +97,12 @@ STREAM_MAX_ROW_BYTES = 128 << 10
 # 1.0-1.25x / 0.96x at 8192x4096 (the spread is the machine's, from run to run), 1.0x / - at
 # 4096x8192, 0.93x / - at 2048x16384.
 STREAM_BLOCK_MIN_ROW_BYTES = 16 << 10
+# Rows up to this long take the forward's line-aligned pass (``_forward_rows_lines``) when not
+# streamed. Measured against the plain row loop (``row_ln``) through ``layer_norm(out=)``,
+# float32, 2 threads: 65536x64 1.4-1.5x, 4096x128 1.23x, 2048x256 1.13-1.2x, 1024x512 0.99x,
+# 512x512 0.88x, 256x1024 0.86x, 32x2048 0.77x (the plain loop, unrolled by LLVM, keeps more
+# loads in flight on long rows). On one core it was ahead at 1024 columns too (1.1-1.2x).
+LINES_FORWARD_MAX_ROW_BYTES = 1 << 10
 STREAM_PREFETCH_BYTES = 16 << 10
 
 # Rows per chunk of the backward pass's weight-gradient partial sums (see ``_n_chunks``).
@@ -200,20 +208,31 @@ def stats_from_sums(x, s1, s2, eps, center):
 
 
 @njit(**_jit_elementwise)
-def row_forward(y, x, w, b, x0, c, r):
-    """y = ((x - x0) * r - c * r) * w + b for one row; ``w``/``b`` may be None (1 and 0).
+def row_forward(y, x, w, b, x0, cr, r):
+    """y = ((x - x0) * r - cr) * w + b for one row; ``w``/``b`` may be None (1 and 0).
 
-    y: (N,) out, dtype of x; x: (N,); w, b: (N,) or None; x0, c, r: as ``row_stats`` returns.
-    The arithmetic of every forward path (``row_forward_range``, ``store_line_normalized``),
-    so that all give the same bits: an exact difference x - x0 (compiled without
-    reassociation, which could regroup it), then one fused multiply-add, (x - x0) * r - c * r,
-    rounded once, where ((x - x0) - c) * r rounded twice and took one operation more.
+    y: (N,) out, dtype of x; x: (N,); w, b: (N,) or None; x0, cr, r: scalars in x's dtype, with
+    x0, c, r as ``row_stats`` returns them and cr = c * r. The arithmetic of every forward path
+    (``store_line_normalized`` too), so that all give the same bits: an exact difference
+    x - x0 (compiled without reassociation, which could regroup it), then one fused
+    multiply-add, (x - x0) * r - cr, rounded once, where ((x - x0) - c) * r rounded twice and
+    took one operation more.
     """
-    t = x.dtype.type
-    rt = t(r)
-    crt = t(c * r)
     for j in range(x.shape[0]):
-        _col_out(y, w, b, j, (x[j] - x0) * rt - crt)
+        _col_out(y, w, b, j, (x[j] - x0) * r - cr)
+
+
+@njit(inline="always")
+def _cols(a, j0, j1):
+    """Columns j0..j1-1 of a (N,) array, a view; None for None (an absent weight).
+
+    The column-range routines (``row_forward_range`` and the like) run their loops over such
+    views from column 0 rather than over j in range(j0, j1): Numba cannot tell that such a j
+    is not negative, wraps every index (a[j] is a[j + N] for j < 0), and LLVM vectorizes the
+    wrapping with gathers and scatters, about 1 ns an element."""
+    if a is None:
+        return None
+    return a[j0:j1]
 
 
 @njit(inline="always")
@@ -342,34 +361,35 @@ def backward_coefs(n, r, s_e, s_g, s_ge, center):
 
 @njit(**_jit)
 def row_backward_coefs(dy, x, w, mean, rstd, center):
-    """The constants of one row's second backward pass: (m, c, r, a, bb), all in x's dtype.
+    """The constants of one row's second backward pass: (m, cr, r, a, bb), all in x's dtype.
 
     dy, x: (N,); w: (N,) or None; mean, rstd: as saved by the forward pass (any float dtype;
-    mean ignored for RMSNorm); m is the saved mean in x's dtype, the rest as ``backward_coefs``.
+    mean ignored for RMSNorm); m is the saved mean in x's dtype, cr = c * r, the rest as
+    ``backward_coefs``.
     """
     t = x.dtype.type
     m = t(mean) if center else t(0)
     r = rstd * 1.0
     s_e, s_g, s_ge = row_backward_sums(dy, x, w, m)
     c, a, bb = backward_coefs(x.shape[0], r, s_e, s_g, s_ge, center)
-    return m, t(c), t(r), t(a), t(bb)
+    return m, t(c * r), t(r), t(a), t(bb)
 
 
 @njit(**_jit_elementwise)
-def row_backward(dx, dw_acc, db_acc, dy, x, w, m, c, r, a, bb):
+def row_backward(dx, dw_acc, db_acc, dy, x, w, m, cr, r, a, bb):
     """Second pass of the row backward: dx, with dw and db accumulated (``+=``).
 
     dx: (N,) out; dw_acc: (N,) accumulator of x's dtype; db_acc: (N,) accumulator or None (no
-    bias gradient); dy, x: (N,); w: (N,) or None; m, c, r, a, bb: as ``row_backward_coefs``
+    bias gradient); dy, x: (N,); w: (N,) or None; m, cr, r, a, bb: as ``row_backward_coefs``
     returns.
 
     With xhat = (x - m - c) r, the backward pass of y = xhat * w + b is
         dx = r * (gy - mean(gy) - xhat * mean(gy * xhat)),  dw += dy * xhat,  db += dy
-    (RMSNorm has no mean(gy) term: a = 0). Compiled without reassociation, so
-    ``(x - m) - c`` is evaluated as written.
+    (RMSNorm has no mean(gy) term: a = 0). xhat is taken as (x - m) * r - cr, as in the
+    forward pass (``row_forward``), in every backward path (``store_lines_backward`` too).
     """
     for j in range(x.shape[0]):
-        _col_grads(dx, dw_acc, db_acc, dy, w, j, ((x[j] - m) - c) * r, r, a, bb)
+        _col_grads(dx, dw_acc, db_acc, dy, w, j, (x[j] - m) * r - cr, r, a, bb)
 
 
 @njit(inline="always")
@@ -466,8 +486,9 @@ def row_ln(y, x, w, b, eps, center):
 
     y: (N,) out; x: (N,); w, b: (N,) or None. Returns (mean, rstd) as float64 (mean 0 for RMSNorm).
     """
+    t = x.dtype.type
     x0, c, r = row_stats_one_pass(x, eps, center)
-    row_forward(y, x, w, b, x0, c, r)
+    row_forward(y, x, w, b, x0, t(c * r), t(r))
     return x0 + c * 1.0, r
 
 
@@ -479,8 +500,8 @@ def row_ln_backward(dx, dw_acc, db_acc, dy, x, w, mean, rstd, center):
     dy, x: (N,); w: (N,) or None; mean, rstd: as saved by the forward pass (in any float dtype;
     mean ignored for RMSNorm).
     """
-    m, c, r, a, bb = row_backward_coefs(dy, x, w, mean, rstd, center)
-    row_backward(dx, dw_acc, db_acc, dy, x, w, m, c, r, a, bb)
+    m, cr, r, a, bb = row_backward_coefs(dy, x, w, mean, rstd, center)
+    row_backward(dx, dw_acc, db_acc, dy, x, w, m, cr, r, a, bb)
 
 
 @njit(**_jit)
@@ -555,17 +576,12 @@ def _row_lines(yf, n):
     return h, h + (n - h) // L * L
 
 
-@njit(**_jit_elementwise)
+@njit(inline="always", **_jit)
 def rows4_forward_range(y, x, w, b, x0, cr, r, j0, j1):
-    """Columns j0..j1-1 of four rows' output, as ``store_line_normalized`` computes it but with
-    ordinary stores: y = ((x - x0) * r - cr) * w + b. y: (4, N) out; x: (4, N); w, b: (N,) or
-    None; x0, cr, r: 4-tuples in x's dtype."""
-    for j in range(j0, j1):
-        v0 = (x[0, j] - x0[0]) * r[0] - cr[0]
-        v1 = (x[1, j] - x0[1]) * r[1] - cr[1]
-        v2 = (x[2, j] - x0[2]) * r[2] - cr[2]
-        v3 = (x[3, j] - x0[3]) * r[3] - cr[3]
-        _col4_out(y, w, b, j, v0, v1, v2, v3)
+    """Columns j0..j1-1 of four rows' output (``rows4_forward`` on those columns, see
+    ``_cols``), as ``store_line_normalized`` computes it but with ordinary stores. y: (4, N) out;
+    x: (4, N); w, b: (N,) or None; x0, cr, r: 4-tuples in x's dtype."""
+    rows4_forward(y[:, j0:j1], x[:, j0:j1], _cols(w, j0, j1), _cols(b, j0, j1), x0, cr, r)
 
 
 @njit(**_jit)
@@ -612,13 +628,12 @@ def _forward_blocks_stream(y, mean, rstd, x, w, b, eps, center, h, e, lo, hi):
     return i
 
 
-@njit(**_jit_elementwise)
+@njit(inline="always", **_jit)
 def row_forward_range(y, x, w, b, x0, cr, r, j0, j1):
-    """Columns j0..j1-1 of one row's output, as ``store_line_normalized`` computes it but with
-    ordinary stores: y = ((x - x0) * r - cr) * w + b. y: (N,) out; x: (N,); w, b: (N,) or None;
-    x0, cr, r: scalars in x's dtype."""
-    for j in range(j0, j1):
-        _col_out(y, w, b, j, (x[j] - x0) * r - cr)
+    """Columns j0..j1-1 of one row's output (``row_forward`` on those columns, see ``_cols``),
+    as ``store_line_normalized`` computes it but with ordinary stores. y: (N,) out; x: (N,);
+    w, b: (N,) or None; x0, cr, r: scalars in x's dtype."""
+    row_forward(y[j0:j1], x[j0:j1], _cols(w, j0, j1), _cols(b, j0, j1), x0, cr, r)
 
 
 @njit(**_jit)
@@ -674,7 +689,9 @@ def _forward_rows(y, mean, rstd, x, w, b, eps, center, block, stream, lo, hi):
     a time (the statistics are still taken row by row), and for rows longer than
     ``FUSE_MIN_ROW_BYTES`` runs fused with the next four rows' statistics. ``stream`` writes
     the output with non-temporal stores instead where y's rows allow it
-    (``_forward_rows_stream``), then fences them.
+    (``_forward_rows_stream``), then fences them. Otherwise rows of one line up to
+    ``LINES_FORWARD_MAX_ROW_BYTES`` take ``_forward_rows_lines`` (unless y is x), the rest
+    ``row_ln``.
 
     y: (M, N) out; mean, rstd: (M,) out or None; x: (M, N); w, b: (N,) or None.
     """
@@ -694,6 +711,13 @@ def _forward_rows(y, mean, rstd, x, w, b, eps, center, block, stream, lo, hi):
             )  # fmt: skip
             _save_stats4(mean, rstd, i, x0, c, r)
             i += 4
+    row = x.shape[1] * x.itemsize
+    if (
+        not stream
+        and LINE_BYTES <= row <= LINES_FORWARD_MAX_ROW_BYTES
+        and y.ctypes.data != x.ctypes.data
+    ):
+        i = _forward_rows_lines(y, mean, rstd, x, w, b, eps, center, i, hi)
     for k in range(i, hi):
         m, r = row_ln(y[k], x[k], w, b, eps, center)
         if mean is not None:
@@ -702,6 +726,47 @@ def _forward_rows(y, mean, rstd, x, w, b, eps, center, block, stream, lo, hi):
             rstd[k] = r
     if stream:
         store_fence()
+
+
+@njit(**_jit)
+def _forward_rows_lines(y, mean, rstd, x, w, b, eps, center, lo, hi):
+    """Rows lo..hi-1 of the forward pass one at a time, y written with ordinary stores: each
+    row's statistics (``row_stats_one_pass``), then its output a cache line at a time in vector
+    registers (``line_normalized``). Returns hi. Shapes as ``_forward_rows``; rows of at least
+    one line, and y not x (see below).
+
+    As in ``_backward_rows_lines``, the lines start at y's first line boundary where all rows
+    start at the same place within a line, so that with NumPy's large arrays no vector load or
+    store spans two lines, and the columns before and after the whole lines are a whole line
+    each, overlapping them: their y is written twice, the same value. Written in place, the
+    second write would read an x the first had overwritten: the caller takes ``row_ln`` there.
+    """
+    t = x.dtype.type
+    n = x.shape[1]
+    yf = y.reshape(-1)
+    xf = x.reshape(-1)
+    L = LINE_BYTES // x.itemsize
+    h, e = _row_lines(yf, n)
+    if h < 0:
+        h, e = 0, n - n % L
+    for i in range(lo, hi):
+        x0, c, r = row_stats_one_pass(x[i], eps, center)
+        if mean is not None:
+            mean[i] = x0 + c * 1.0
+        if rstd is not None:
+            rstd[i] = r
+        rs = t(r)
+        crs = t(c * r)
+        k0 = i * n
+        if h > 0:  # columns 0..h-1: the line from column 0
+            line_normalized(yf, k0, xf, k0, w, b, 0, x0, rs, crs)
+        for q in range((e - h) // L):  # a unit step: range(h, e, L) is a slower loop
+            j = h + q * L
+            line_normalized(yf, k0 + j, xf, k0 + j, w, b, j, x0, rs, crs)
+            prefetch_l1(xf, k0 + n + j)
+        if e < n:  # columns e..n-1: the line ending at column n - 1
+            line_normalized(yf, k0 + n - L, xf, k0 + n - L, w, b, n - L, x0, rs, crs)
+    return hi
 
 
 @njit(**_jit)
@@ -749,14 +814,22 @@ def _coefs4(n, rstd, i, sums, center, t):
     )
 
 
-@njit(**_jit_elementwise)
+@njit(inline="always", **_jit)
 def rows4_backward_range(dx, dw_acc, db_acc, dy, x, w, m, cr, r, a, bb, j0, j1):
-    """Columns j0..j1-1 of four rows' second backward pass, as ``store_lines_backward``
-    computes them but with ordinary stores (xhat = (x - m) * r - cr), dw and db accumulated once
-    for the four rows. dx: (4, N) out; dw_acc: (N,) accumulator of x's dtype; db_acc: (N,)
-    accumulator or None; dy, x: (4, N); w: (N,) or None; m, cr, r, a, bb: 4-tuples of the rows'
-    saved means and second-pass constants in x's dtype (``_coefs4``)."""
-    for j in range(j0, j1):
+    """Columns j0..j1-1 of four rows' second backward pass (``rows4_backward`` on those
+    columns, see ``_cols``). Arguments as ``rows4_backward``."""
+    rows4_backward(dx[:, j0:j1], dw_acc[j0:j1], _cols(db_acc, j0, j1), dy[:, j0:j1],
+                   x[:, j0:j1], _cols(w, j0, j1), m, cr, r, a, bb)  # fmt: skip
+
+
+@njit(**_jit_elementwise)
+def rows4_backward(dx, dw_acc, db_acc, dy, x, w, m, cr, r, a, bb):
+    """Four rows' second backward pass, as ``store_lines_backward`` computes it but with
+    ordinary stores (xhat = (x - m) * r - cr), dw and db accumulated once for the four rows.
+    dx: (4, N) out; dw_acc: (N,) accumulator of x's dtype; db_acc: (N,) accumulator or None;
+    dy, x: (4, N); w: (N,) or None; m, cr, r, a, bb: 4-tuples of the rows' saved means and
+    second-pass constants in x's dtype (``_coefs4``)."""
+    for j in range(x.shape[1]):
         h0 = (x[0, j] - m[0]) * r[0] - cr[0]
         h1 = (x[1, j] - m[1]) * r[1] - cr[1]
         h2 = (x[2, j] - m[2]) * r[2] - cr[2]
@@ -803,14 +876,13 @@ def _backward_blocks_stream(dx, dw_acc, db_acc, dy, x, mean, rstd, w, h, e, lo, 
     return i
 
 
-@njit(**_jit_elementwise)
+@njit(inline="always", **_jit)
 def row_backward_range(dx, dw_acc, db_acc, dy, x, w, m, cr, r, a, bb, j0, j1):
-    """Columns j0..j1-1 of one row's second backward pass, as ``store_lines_backward``
-    computes them but with ordinary stores (xhat = (x - m) * r - cr). dx: (N,) out; dw_acc,
-    db_acc: (N,) accumulators (db_acc None: no bias gradient); dy, x: (N,); w: (N,) or None;
-    m, cr, r, a, bb: scalars in x's dtype."""
-    for j in range(j0, j1):
-        _col_grads(dx, dw_acc, db_acc, dy, w, j, (x[j] - m) * r - cr, r, a, bb)
+    """Columns j0..j1-1 of one row's second backward pass (``row_backward`` on those columns,
+    see ``_cols``), as ``store_lines_backward`` computes them but with ordinary stores.
+    Arguments as ``row_backward``."""
+    row_backward(dx[j0:j1], dw_acc[j0:j1], _cols(db_acc, j0, j1), dy[j0:j1], x[j0:j1],
+                 _cols(w, j0, j1), m, cr, r, a, bb)  # fmt: skip
 
 
 @njit(inline="always", **_jit)
@@ -873,22 +945,42 @@ def _backward_rows_stream(dx, dw_acc, db_acc, dy, x, mean, rstd, w, lo, hi):
 def _backward_rows_lines(dx, dw_acc, db_acc, dy, x, mean, rstd, w, lo, hi):
     """Rows lo..hi-1 of the backward pass one at a time, dx written with ordinary stores: each
     row's first pass (``row_backward_sums``), then its second pass a cache line at a time in
-    vector registers (``lines_backward``), the columns past the last whole line as
-    ``row_backward_range``. Arguments as ``_backward_rows``."""
+    vector registers (``lines_backward``). Arguments as ``_backward_rows``.
+
+    The lines start at dx's first line boundary where all rows start at the same place within
+    a line (``_row_lines``), else at column 0. NumPy's large arrays all start 16 bytes past a
+    line boundary, so x and dy are then aligned there too, and the partial sums are made so
+    (``_scratch_partials``): no vector load or store spans two lines. The columns before and
+    after the whole lines are a whole line each, overlapping them (``line_backward_masked``);
+    rows shorter than a line take ``row_backward_range``.
+    """
     n = x.shape[1]
     dxf = dx.reshape(-1)
     dyf = dy.reshape(-1)
     xf = x.reshape(-1)
     L = LINE_BYTES // x.itemsize
-    e = n - n % L
+    h, e = _row_lines(dxf, n)
+    if h < 0:
+        h, e = 0, n - n % L
     for i in range(lo, hi):
         m, cr, rt, at, bt = _row_line_coefs(dy, x, w, mean, rstd, i)
+        if n < L:
+            row_backward_range(dx[i], dw_acc, db_acc, dy[i], x[i], w, m, cr, rt, at, bt, 0, n)
+            continue
         k0 = i * n
-        for j in range(0, e, L):
+        if h > 0:  # columns 0..h-1: the line from column 0
+            line_backward_masked(
+                dxf, dw_acc, db_acc, dyf, xf, w, k0, n, 0, (m,), (cr,), (rt,), (at,), (bt,), 0, h
+            )
+        for j in range(h, e, L):
             lines_backward(
                 dxf, dw_acc, db_acc, dyf, xf, w, k0 + j, n, j, (m,), (cr,), (rt,), (at,), (bt,)
             )
-        row_backward_range(dx[i], dw_acc, db_acc, dy[i], x[i], w, m, cr, rt, at, bt, e, n)
+        if e < n:  # columns e..n-1: the line ending at column n - 1
+            line_backward_masked(
+                dxf, dw_acc, db_acc, dyf, xf, w, k0 + n - L, n, n - L,
+                (m,), (cr,), (rt,), (at,), (bt,), e - (n - L), L,
+            )  # fmt: skip
 
 
 @njit(**_jit)
@@ -1088,16 +1180,35 @@ def forward(y, mean, rstd, x, w, b, eps, center):
 _scratch = threading.local()
 
 
-def _scratch_partials(nc, N, dtype):
+def _scratch_partials(nc, N, dtype, offset):
     """Two (nc, N) scratch arrays of ``dtype`` for the backward pass's partial sums, kept per
     thread and reused while the shape stays the same: fresh pages of a new allocation cost more
-    to fault in than the partial sums cost to compute."""
+    to fault in than the partial sums cost to compute.
+
+    Their data start ``offset`` bytes past a cache line boundary (a multiple of the itemsize
+    below ``LINE_BYTES``): dx's offset, so that the columns where dx's rows have their whole
+    lines (``_backward_rows_lines``) are whole lines of the partial sums too. Accumulators
+    spanning two lines cost the second pass more than x, dy and dx doing so: each line of them
+    is loaded and stored once a row. The views at each offset are made once (a small output's
+    offset changes from call to call)."""
     key = (nc, N, dtype)
     bufs = getattr(_scratch, "partials", None)
     if bufs is None or bufs[0] != key:
-        bufs = (key, np.empty((nc, N), dtype), np.empty((nc, N), dtype))
+        size = nc * N + LINE_BYTES // np.dtype(dtype).itemsize
+        bufs = (key, np.empty(size, dtype), np.empty(size, dtype), {})
         _scratch.partials = bufs
-    return bufs[1], bufs[2]
+    views = bufs[3].get(offset)
+    if views is None:
+        views = bufs[3][offset] = (_view_at(bufs[1], nc, N, offset),
+                                   _view_at(bufs[2], nc, N, offset))  # fmt: skip
+    return views
+
+
+def _view_at(buf, nc, N, offset):
+    """The (nc, N) view of the flat array buf (of at least nc * N + ``LINE_BYTES`` / itemsize
+    elements) whose data start ``offset`` bytes past a ``LINE_BYTES`` boundary."""
+    k = (offset - buf.ctypes.data) % LINE_BYTES // buf.itemsize
+    return buf[k : k + nc * N].reshape(nc, N)
 
 
 def backward(dx, dw, db, dy, x, mean, rstd, w):
@@ -1108,7 +1219,12 @@ def backward(dx, dw, db, dy, x, mean, rstd, w):
     """
     M, N = x.shape
     nc = n_chunks(M)
-    part_w, part_b = _scratch_partials(nc, N, x.dtype)  # (nc, N) per-chunk partial sums
+    offset = 0  # small inputs: the accumulators' alignment is not worth a look at dx's address
+    if x.size >= PARALLEL_MIN_ELEMENTS:
+        offset = dx.ctypes.data % LINE_BYTES
+        if offset % dx.itemsize:  # dx not aligned to its dtype: no line-aligned columns anyway
+            offset = 0
+    part_w, part_b = _scratch_partials(nc, N, x.dtype, offset)  # (nc, N) per-chunk partial sums
     if db is None:
         part_b = None
     stream = _streams(x, BACKWARD_STREAM_MIN_BYTES)

@@ -96,49 +96,78 @@ def _store_line(typingctx, dst, k, src, j):
     return sig, codegen
 
 
-@intrinsic
-def store_line_normalized(typingctx, y, yk, x, xk, w, b, wk, x0, r, cr):
-    """y[yk:yk+L] = ((x[xk:xk+L] - x0) * r - cr) * w[wk:wk+L] + b[wk:wk+L], L elements (one
-    cache line), computed in vector registers and written with one non-temporal store.
+def _line_normalized(name, nontemporal, doc):
+    """The intrinsic ``store_line_normalized`` (``nontemporal``) or ``line_normalized``."""
 
-    y, x: 1-d C-contiguous arrays of one float dtype; w, b: 1-d of that dtype, or None (1 and 0);
-    x0, r, cr: scalars, converted to the dtype. &y[yk] must be LINE_BYTES-aligned. Only the
-    contractions to fused multiply-adds that the kernels' other element-wise loops also allow
-    (``contract``, ``nsz``).
-    """
-    if not (isinstance(y, types.Array) and isinstance(y.dtype, types.Float) and x == y):
-        return None
-    for a in (w, b):
-        if not (a == types.none or (isinstance(a, types.Array) and a.dtype == y.dtype)):
+    def line_normalized(typingctx, y, yk, x, xk, w, b, wk, x0, r, cr):
+        if not (isinstance(y, types.Array) and isinstance(y.dtype, types.Float) and x == y):
             return None
-    sig = types.void(y, yk, x, xk, w, b, wk, x0, r, cr)
+        for a in (w, b):
+            if not (a == types.none or (isinstance(a, types.Array) and a.dtype == y.dtype)):
+                return None
+        sig = types.void(y, yk, x, xk, w, b, wk, x0, r, cr)
 
-    def codegen(context, builder, signature, args):
-        yv, ykv, xv, xkv, wv, bv, wkv, x0v, rv, crv = args
-        st = signature.args
-        ft = st[0].dtype
-        vt, size = line_type(context, ft)
-        flags = ("contract", "nsz")
-        v = builder.load(line_ptr(context, builder, st[2], xv, st[3], xkv, vt), align=size)
-        v = builder.fsub(v, splat(context, builder, x0v, st[7], ft, vt), flags=flags)
-        v = builder.fmul(v, splat(context, builder, rv, st[8], ft, vt), flags=flags)
-        v = builder.fsub(v, splat(context, builder, crv, st[9], ft, vt), flags=flags)
-        if st[4] != types.none:
-            wl = builder.load(line_ptr(context, builder, st[4], wv, st[6], wkv, vt), align=size)
-            v = builder.fmul(v, wl, flags=flags)
-        if st[5] != types.none:
-            bl = builder.load(line_ptr(context, builder, st[5], bv, st[6], wkv, vt), align=size)
-            v = builder.fadd(v, bl, flags=flags)
-        store_nontemporal(builder, v, line_ptr(context, builder, st[0], yv, st[1], ykv, vt))
-        return context.get_dummy_value()
+        def codegen(context, builder, signature, args):
+            yv, ykv, xv, xkv, wv, bv, wkv, x0v, rv, crv = args
+            st = signature.args
+            ft = st[0].dtype
+            vt, size = line_type(context, ft)
+            flags = ("contract", "nsz")
+            v = builder.load(line_ptr(context, builder, st[2], xv, st[3], xkv, vt), align=size)
+            v = builder.fsub(v, splat(context, builder, x0v, st[7], ft, vt), flags=flags)
+            v = builder.fmul(v, splat(context, builder, rv, st[8], ft, vt), flags=flags)
+            v = builder.fsub(v, splat(context, builder, crv, st[9], ft, vt), flags=flags)
+            if st[4] != types.none:
+                wl = builder.load(line_ptr(context, builder, st[4], wv, st[6], wkv, vt),
+                                  align=size)  # fmt: skip
+                v = builder.fmul(v, wl, flags=flags)
+            if st[5] != types.none:
+                bl = builder.load(line_ptr(context, builder, st[5], bv, st[6], wkv, vt),
+                                  align=size)  # fmt: skip
+                v = builder.fadd(v, bl, flags=flags)
+            out = line_ptr(context, builder, st[0], yv, st[1], ykv, vt)
+            if nontemporal:
+                store_nontemporal(builder, v, out)
+            else:
+                builder.store(v, out, align=size)
+            return context.get_dummy_value()
 
-    return sig, codegen
+        return sig, codegen
+
+    line_normalized.__name__ = line_normalized.__qualname__ = name
+    line_normalized.__doc__ = doc
+    return intrinsic(line_normalized)
 
 
-def _lines_backward(name, nontemporal, doc):
-    """The intrinsic ``store_lines_backward`` (``nontemporal``) or ``lines_backward``."""
+store_line_normalized = _line_normalized(
+    "store_line_normalized",
+    True,
+    """y[yk:yk+L] = ((x[xk:xk+L] - x0) * r - cr) * w[wk:wk+L] + b[wk:wk+L], L elements (one
+cache line), computed in vector registers and written with one non-temporal store.
 
-    def lines(typingctx, dx, dw_acc, db_acc, dy, x, w, k, n, j, m, cr, r, a, bb):
+y, x: 1-d C-contiguous arrays of one float dtype; w, b: 1-d of that dtype, or None (1 and 0);
+x0, r, cr: scalars, converted to the dtype. &y[yk] must be LINE_BYTES-aligned. Only the
+contractions to fused multiply-adds that the kernels' other element-wise loops also allow
+(``contract``, ``nsz``).
+""",
+)
+
+line_normalized = _line_normalized(
+    "line_normalized",
+    False,
+    """``store_line_normalized`` with an ordinary store, for outputs that stay in the caches:
+the same arithmetic, and no alignment needed beyond the dtype's.""",
+)
+
+
+def _lines_backward(name, nontemporal, masked, doc):
+    """The intrinsic ``store_lines_backward`` (``nontemporal``), ``lines_backward`` or
+    ``line_backward_masked`` (``masked``: two more arguments, the lanes whose dw/db terms
+    count)."""
+
+    def typer(dx, dw_acc, db_acc, dy, x, w, k, n, j, m, cr, r, a, bb, lanes):
+        if not all(isinstance(t, types.Integer) for t in lanes):
+            return None
         if not (isinstance(dx, types.Array) and isinstance(dx.dtype, types.Float)):
             return None
         ft = dx.dtype
@@ -152,12 +181,25 @@ def _lines_backward(name, nontemporal, doc):
         rows = m.count
         if not all(isinstance(t, types.UniTuple) and t.count == rows for t in (cr, r, a, bb)):
             return None
-        sig = types.void(dx, dw_acc, db_acc, dy, x, w, k, n, j, m, cr, r, a, bb)
+        if masked and rows != 1:
+            return None
+        sig = types.void(dx, dw_acc, db_acc, dy, x, w, k, n, j, m, cr, r, a, bb, *lanes)
 
         def codegen(context, builder, signature, args):
             st = signature.args
             vt, size = line_type(context, ft)
             flags = ("contract", "nsz")
+            keep = None  # the lanes whose dw/db terms count (masked), as an i1 vector
+            if masked:
+                it = ir.IntType(64)
+                q0, q1 = (context.cast(builder, args[14 + t], st[14 + t], types.int64)
+                          for t in range(2))  # fmt: skip
+                idx = ir.Constant(ir.VectorType(it, vt.count), [it(e) for e in range(vt.count)])
+                iv = ir.VectorType(it, vt.count)
+                lo = splat(context, builder, q0, types.int64, types.int64, iv)
+                hi = splat(context, builder, q1, types.int64, types.int64, iv)
+                keep = builder.and_(builder.icmp_signed(">=", idx, lo),
+                                    builder.icmp_signed("<", idx, hi))  # fmt: skip
             dxv, dwv, dbv, dyv, xv, wv, kv, nv, jv = args[:9]
             k = context.cast(builder, kv, st[6], types.intp)
             n = context.cast(builder, nv, st[7], types.intp)
@@ -195,9 +237,14 @@ def _lines_backward(name, nontemporal, doc):
 
             def total(v):
                 if len(v) == 1:
-                    return v[0]
-                return builder.fadd(builder.fadd(v[0], v[1], flags=flags),
-                                    builder.fadd(v[2], v[3], flags=flags), flags=flags)  # fmt: skip
+                    t = v[0]
+                else:
+                    t = builder.fadd(builder.fadd(v[0], v[1], flags=flags),
+                                     builder.fadd(v[2], v[3], flags=flags),
+                                     flags=flags)  # fmt: skip
+                if keep is not None:
+                    t = builder.select(keep, t, ir.Constant(vt, [0.0] * vt.count))
+                return t
 
             p = line_ptr(context, builder, st[1], dwv, st[8], jv, vt)
             builder.store(builder.fadd(builder.load(p, align=size), total(gh), flags=flags), p,
@@ -210,6 +257,16 @@ def _lines_backward(name, nontemporal, doc):
 
         return sig, codegen
 
+    if masked:
+
+        def lines(typingctx, dx, dw_acc, db_acc, dy, x, w, k, n, j, m, cr, r, a, bb, q0, q1):
+            return typer(dx, dw_acc, db_acc, dy, x, w, k, n, j, m, cr, r, a, bb, (q0, q1))
+
+    else:
+
+        def lines(typingctx, dx, dw_acc, db_acc, dy, x, w, k, n, j, m, cr, r, a, bb):
+            return typer(dx, dw_acc, db_acc, dy, x, w, k, n, j, m, cr, r, a, bb, ())
+
     lines.__name__ = lines.__qualname__ = name
     lines.__doc__ = doc
     return intrinsic(lines)
@@ -218,6 +275,7 @@ def _lines_backward(name, nontemporal, doc):
 store_lines_backward = _lines_backward(
     "store_lines_backward",
     True,
+    False,
     """One cache line of one or four rows' second backward pass, in vector registers: with
 h = (x - m) * r - cr and gw = dy * w, for rows q = 0..R-1 at k + q * n of the flattened arrays,
 
@@ -235,8 +293,22 @@ to fused multiply-adds only (``contract``, ``nsz``), like the kernels' element-w
 lines_backward = _lines_backward(
     "lines_backward",
     False,
+    False,
     """``store_lines_backward`` with ordinary stores, for outputs that stay in the caches: the
 same arithmetic, and no alignment needed beyond the dtype's.""",
+)
+
+line_backward_masked = _lines_backward(
+    "line_backward_masked",
+    False,
+    True,
+    """``lines_backward`` for one row (1-tuples) whose dw/db terms count only in lanes
+q0..q1-1 of the line (two more arguments, q0 and q1): dx is written in every lane. For a
+row's first and last partial lines, taken as whole lines that overlap the row's aligned
+lines (``cpu.norm._backward_rows_lines``): the overlapping lanes' dx is written twice, the
+same value, and their dw/db terms are added once. Elements of a row before its line
+boundary are otherwise a scalar loop's work or a function call each, which cost a row of
+256 float32 more than its aligned lines saved.""",
 )
 
 
