@@ -187,7 +187,15 @@ why a streaming copy, not a plain one, is the roofline there. Outputs allocated 
 which the OS
 zeroes on first touch (glibc maps allocations that large anew each time): lnnumba takes them
 from its pool of freed outputs instead (`lnnumba._memory`), PyTorch allocates them anew
-(4096x1024 float64, 8192x4096 float32).
+(4096x1024 float64, 8192x4096 float32). NumPy's large arrays start 16 bytes past a cache line;
+the passes with ordinary stores (the backward's below 16 MB, the forward's for rows up to
+1 KB) start their vector lines at the output's first line boundary, and take the columns
+around them as whole lines overlapping them, so that no load or store spans two lines.
+
+This machine is shared and has, from run to run, a fast state (a 4096x1024 float32 copy in
+about 160 us) and a slow one (about 280-310 us); lnnumba's own times move less than the
+copy's, so its ratios to the roofline are higher in the slow state and its ratios to PyTorch
+in the fast one. Comparisons between commits are made side by side in one process.
 
 ## CPU: start-up
 
