@@ -106,8 +106,8 @@ LINES_FORWARD_MAX_ROW_BYTES = 1 << 10
 # The forward's plain row loop (rows past LINES_FORWARD_MAX_ROW_BYTES, not streamed) asks for
 # the next row in L1 before each row, for inputs past the cores' L2 caches and rows of up to
 # a page: the hardware prefetchers stop at page boundaries. ``forward_parallel``, float32, 2
-# threads, against no prefetch side by side: 8192x512 1.26x, 4096x1024 1.09-1.2x; rows of
-# 8 KB (2048x2048) 0.92x and 16 KB (1024x4096) 0.95-1.0x, so not those.
+# threads, against no prefetch side by side: 8192x512 1.14-1.4x, 4096x1024 1.04-1.13x; rows
+# of 8 KB (2048x2048) 0.92x and 16 KB (1024x4096) 0.95-1.0x, so not those.
 PREFETCH_MIN_BYTES = 2 << 20
 PREFETCH_MAX_ROW_BYTES = 4 << 10
 STREAM_PREFETCH_BYTES = 16 << 10
@@ -220,10 +220,10 @@ def row_forward(y, x, w, b, x0, cr, r):
 
     y: (N,) out, dtype of x; x: (N,); w, b: (N,) or None; x0, cr, r: scalars in x's dtype, with
     x0, c, r as ``row_stats`` returns them and cr = c * r. The arithmetic of every forward path
-    (``store_line_normalized`` too), so that all give the same bits: an exact difference
-    x - x0 (compiled without reassociation, which could regroup it), then one fused
-    multiply-add, (x - x0) * r - cr, rounded once, where ((x - x0) - c) * r rounded twice and
-    took one operation more.
+    (``store_line_normalized`` and ``line_normalized`` too): an exact difference x - x0
+    (compiled without reassociation, which could regroup it), then one fused multiply-add,
+    (x - x0) * r - cr, rounded once, where ((x - x0) - c) * r rounded twice and took one
+    operation more.
     """
     for j in range(x.shape[0]):
         _col_out(y, w, b, j, (x[j] - x0) * r - cr)
