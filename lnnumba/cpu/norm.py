@@ -643,6 +643,20 @@ def row_forward_range(y, x, w, b, x0, cr, r, j0, j1):
     row_forward(y[j0:j1], x[j0:j1], _cols(w, j0, j1), _cols(b, j0, j1), x0, cr, r)
 
 
+@njit(inline="always", **_jit)
+def _row_line_stats(mean, rstd, x, eps, center, i):
+    """Row i's statistics (``row_stats_one_pass``) as the line routines take them: (x0, r, cr)
+    in x's dtype, cr = c * r; mean[i] and rstd[i] saved where given. mean, rstd: (M,) or None;
+    x: (M, N). The forward's counterpart of ``_row_line_coefs``."""
+    t = x.dtype.type
+    x0, c, r = row_stats_one_pass(x[i], eps, center)
+    if mean is not None:
+        mean[i] = x0 + c * 1.0
+    if rstd is not None:
+        rstd[i] = r
+    return x0, t(r), t(c * r)
+
+
 @njit(**_jit)
 def _forward_rows_stream(y, mean, rstd, x, w, b, eps, center, lo, hi):
     """Rows lo..hi-1 of the forward pass with the output written with non-temporal stores;
@@ -660,7 +674,6 @@ def _forward_rows_stream(y, mean, rstd, x, w, b, eps, center, lo, hi):
     (returns lo); the elements before each row's first line boundary and after its last take
     ordinary stores (``row_forward_range``).
     """
-    t = x.dtype.type
     N = x.shape[1]
     yf = y.reshape(-1)
     xf = x.reshape(-1)
@@ -673,13 +686,7 @@ def _forward_rows_stream(y, mean, rstd, x, w, b, eps, center, lo, hi):
     ahead = max(1, STREAM_PREFETCH_BYTES // (N * x.itemsize)) * N  # elements
     end = hi * N  # prefetches stop at the thread's last row
     for i in range(lo, hi):
-        x0, c, r = row_stats_one_pass(x[i], eps, center)
-        if mean is not None:
-            mean[i] = x0 + c * 1.0
-        if rstd is not None:
-            rstd[i] = r
-        rs = t(r)
-        crs = t(c * r)
+        x0, rs, crs = _row_line_stats(mean, rstd, x, eps, center, i)
         row_forward_range(y[i], x[i], w, b, x0, crs, rs, 0, h)
         row_forward_range(y[i], x[i], w, b, x0, crs, rs, e, N)
         for j in range(h, e, L):
@@ -755,7 +762,6 @@ def _forward_rows_lines(y, mean, rstd, x, w, b, eps, center, lo, hi):
     each, overlapping them: their y is written twice, the same value. Written in place, the
     second write would read an x the first had overwritten: the caller takes ``row_ln`` there.
     """
-    t = x.dtype.type
     n = x.shape[1]
     yf = y.reshape(-1)
     xf = x.reshape(-1)
@@ -764,13 +770,7 @@ def _forward_rows_lines(y, mean, rstd, x, w, b, eps, center, lo, hi):
     if h < 0:
         h, e = 0, n - n % L
     for i in range(lo, hi):
-        x0, c, r = row_stats_one_pass(x[i], eps, center)
-        if mean is not None:
-            mean[i] = x0 + c * 1.0
-        if rstd is not None:
-            rstd[i] = r
-        rs = t(r)
-        crs = t(c * r)
+        x0, rs, crs = _row_line_stats(mean, rstd, x, eps, center, i)
         k0 = i * n
         if h > 0:  # columns 0..h-1: the line from column 0
             line_normalized(yf, k0, xf, k0, w, b, 0, x0, rs, crs)

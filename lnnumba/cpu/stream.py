@@ -62,6 +62,23 @@ def splat(context, builder, v, vty, dtype, vt):
     return u
 
 
+def store_line_vector(builder, v, ptr, align, nontemporal):
+    """A store of the line vector v to ptr: non-temporal (``store_nontemporal``; ptr
+    LINE_BYTES-aligned) or ordinary (ptr aligned to ``align``, the element size)."""
+    if nontemporal:
+        store_nontemporal(builder, v, ptr)
+    else:
+        builder.store(v, ptr, align=align)
+
+
+def _named_intrinsic(typer, name, doc):
+    """``intrinsic(typer)`` under ``name`` with docstring ``doc``: the intrinsics the factories
+    below make in two variants each."""
+    typer.__name__ = typer.__qualname__ = name
+    typer.__doc__ = doc
+    return intrinsic(typer)
+
+
 def store_nontemporal(builder, v, ptr):
     """A non-temporal store of the line vector v to ptr (LINE_BYTES-aligned)."""
     store = builder.store(v, ptr, align=LINE_BYTES)
@@ -126,17 +143,12 @@ def _line_normalized(name, nontemporal, doc):
                                   align=size)  # fmt: skip
                 v = builder.fadd(v, bl, flags=flags)
             out = line_ptr(context, builder, st[0], yv, st[1], ykv, vt)
-            if nontemporal:
-                store_nontemporal(builder, v, out)
-            else:
-                builder.store(v, out, align=size)
+            store_line_vector(builder, v, out, size, nontemporal)
             return context.get_dummy_value()
 
         return sig, codegen
 
-    line_normalized.__name__ = line_normalized.__qualname__ = name
-    line_normalized.__doc__ = doc
-    return intrinsic(line_normalized)
+    return _named_intrinsic(line_normalized, name, doc)
 
 
 store_line_normalized = _line_normalized(
@@ -230,10 +242,7 @@ def _lines_backward(name, nontemporal, masked, doc):
                 d = builder.fsub(builder.fsub(gw, a_, flags=flags),
                                  builder.fmul(h, bb_, flags=flags), flags=flags)  # fmt: skip
                 out = builder.fmul(r_, d, flags=flags)
-                if nontemporal:
-                    store_nontemporal(builder, out, line(0, kq[q]))
-                else:
-                    builder.store(out, line(0, kq[q]), align=size)
+                store_line_vector(builder, out, line(0, kq[q]), size, nontemporal)
 
             def total(v):
                 if len(v) == 1:
@@ -267,9 +276,7 @@ def _lines_backward(name, nontemporal, masked, doc):
         def lines(typingctx, dx, dw_acc, db_acc, dy, x, w, k, n, j, m, cr, r, a, bb):
             return typer(dx, dw_acc, db_acc, dy, x, w, k, n, j, m, cr, r, a, bb, ())
 
-    lines.__name__ = lines.__qualname__ = name
-    lines.__doc__ = doc
-    return intrinsic(lines)
+    return _named_intrinsic(lines, name, doc)
 
 
 store_lines_backward = _lines_backward(
