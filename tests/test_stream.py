@@ -213,6 +213,53 @@ def test_backward_lines_at_every_alignment(rng, dtype, N):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("lines", [1, 3])
+def test_backward_stream_seams_at_every_alignment(rng, dtype, lines):
+    # the streamed backward (``_backward_rows_stream``) writes the line where one row ends and
+    # the next begins with both rows' constants, its dw/db terms gathered apart and folded into
+    # the columns at the end: every start of the rows within a line, ranges of rows that start
+    # and end inside the array (the parallel chunks), with and without weight, LN and RMSNorm,
+    # against the reference; the rows outside the range stay untouched
+    tol = 2e-5 if dtype == np.float32 else 1e-12
+    per_line = LINE_BYTES // np.dtype(dtype).itemsize
+    M, N = 6, lines * per_line
+    x0 = (3 + make(rng, (M, N), dtype)).astype(dtype)
+    dy0 = make(rng, (M, N), dtype)
+    for off in range(per_line):
+        x, dy = at_offset((M, N), dtype, off), at_offset((M, N), dtype, off)
+        x[:], dy[:] = x0, dy0
+        for w in (make(rng, N, dtype), None):
+            for lo, hi in [(0, M), (1, 2), (2, 5), (0, 3), (4, M)]:
+                xs, dys = x0[lo:hi], dy0[lo:hi]
+                _, mr, rr = R.layer_norm_forward(xs, w)
+                dxr, dwr, dbr = R.layer_norm_backward(dys, xs, mr, rr, w)
+                _, rq = R.rms_norm_forward(xs, w)
+                dxq, dwq = R.rms_norm_backward(dys, xs, rq, w)
+                m, r = np.zeros(M, dtype), np.ones(M, dtype)
+                for mean, rstd, want in [
+                    (mr, rr, (dxr, dwr, dbr)),
+                    (None, rq, (dxq, dwq, None)),
+                ]:
+                    if mean is not None:
+                        m[lo:hi] = mean.ravel()
+                    r[lo:hi] = rstd.ravel()
+                    dx = at_offset((M, N), dtype, off)
+                    dw = np.zeros(N, dtype)
+                    db = None if want[2] is None else np.zeros(N, dtype)
+                    got = K._backward_rows_stream(
+                        dx, dw, db, dy, x, None if mean is None else m, r, w, lo, hi
+                    )
+                    case = (off, w is None, lo, hi, mean is None)
+                    assert got == hi, case
+                    assert dx_err(dx[lo:hi], want[0], rstd, dys, w) < tol * 10, case
+                    assert np.isnan(dx[:lo]).all() and np.isnan(dx[hi:]).all(), case
+                    assert rel_err(dw, want[1]) < tol, case
+                    if db is not None:
+                        assert rel_err(db, want[2]) < tol, case
+    assert np.array_equal(x, x0) and np.array_equal(dy, dy0)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("N", [5, 16, 21, 37, 48, 64, 100])
 def test_forward_lines_at_every_alignment(rng, dtype, N):
     # the forward's line-aligned pass (``_forward_rows_lines``, rows up to

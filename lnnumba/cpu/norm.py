@@ -47,6 +47,7 @@ from .stream import (
     store_fence,
     store_line_normalized,
     store_lines_backward,
+    store_seam_backward,
 )
 
 # Flags for reduction loops: reassociation lets LLVM vectorize them; no nnan/ninf, so NaN/Inf
@@ -914,15 +915,29 @@ def _row_line_coefs(dy, x, w, mean, rstd, i):
 
 
 @njit(**_jit)
+def _seam_weights(w, e, h, like):
+    """The weights of a seam line's lanes (``_backward_rows_stream``), a new array of LINE_BYTES
+    of the dtype of array ``like``: w[e:] then w[:h], or ones for w None (no weight)."""
+    if w is None:
+        return np.ones(LINE_BYTES // like.itemsize, like.dtype)
+    return np.concatenate((w[e:], w[:h]))
+
+
+@njit(**_jit)
 def _backward_rows_stream(dx, dw_acc, db_acc, dy, x, mean, rstd, w, lo, hi):
     """Rows lo..hi-1 of the backward pass with dx written with non-temporal stores; returns
     the first row not done.
 
     Rows whose x and dy together take up to ``STREAM_BLOCK_MIN_ROW_BYTES`` go one at a time:
-    the row's first pass (``row_backward_sums``), then its second pass a cache line at a time,
+    the row's first pass (``_row_line_coefs``), then its second pass a cache line at a time,
     in vector registers (``store_lines_backward``), while x and dy ``STREAM_PREFETCH_BYTES``
-    ahead (in all) are prefetched into L1, past the end of this call's rows. Longer rows go in
-    blocks of four (``_backward_blocks_stream``), which then leaves fewer than four rows undone.
+    ahead (in all) are prefetched into L1, past the end of this call's rows. Where the rows
+    start part-way through a line (NumPy's large arrays start 16 bytes past one), the line
+    holding one row's last columns and the next row's first goes after the next row's first
+    pass, with both rows' constants (``store_seam_backward``), so every line from the first
+    row's first line boundary to the last row's last one is streamed whole; its dw/db terms
+    gather in a line of their own, added to the columns' at the end. Longer rows go in blocks
+    of four (``_backward_blocks_stream``), which then leaves fewer than four rows undone.
 
     Arguments as ``_backward_rows``. As in ``_forward_rows_stream``, dx's rows must all start at
     the same place within a cache line, else no row is done (returns lo).
@@ -932,18 +947,21 @@ def _backward_rows_stream(dx, dw_acc, db_acc, dy, x, mean, rstd, w, lo, hi):
     dyf = dy.reshape(-1)
     xf = x.reshape(-1)
     h, e = _row_lines(dxf, n)
-    if h < 0:
+    if h < 0 or lo == hi:
         return lo
     if 2 * n * x.itemsize > STREAM_BLOCK_MIN_ROW_BYTES:  # a row of x and one of dy
         return _backward_blocks_stream(dx, dw_acc, db_acc, dy, x, mean, rstd, w, h, e, lo, hi)
     L = LINE_BYTES // x.itemsize
+    s = n - e  # the columns of a row in the line it shares with the next (0: none)
+    # the seam lines' weights (columns e..n-1, then 0..h-1) and dw/db terms, lane for lane
+    seam_w = _seam_weights(w, e, h, x)
+    seam_dw = np.zeros(L, x.dtype)
+    seam_db = np.zeros(L, x.dtype)  # also without a bias gradient: one type for all calls
     ahead = max(1, STREAM_PREFETCH_BYTES // (2 * n * x.itemsize)) * n  # elements, in each
     end = xf.shape[0]  # the next rows are usually the same thread's next chunk
+    m, cr, rt, at, bt = _row_line_coefs(dy, x, w, mean, rstd, lo)
+    row_backward_range(dx[lo], dw_acc, db_acc, dy[lo], x[lo], w, m, cr, rt, at, bt, 0, h)
     for i in range(lo, hi):
-        m, cr, rt, at, bt = _row_line_coefs(dy, x, w, mean, rstd, i)
-        dxi, dyi, xi = dx[i], dy[i], x[i]
-        row_backward_range(dxi, dw_acc, db_acc, dyi, xi, w, m, cr, rt, at, bt, 0, h)
-        row_backward_range(dxi, dw_acc, db_acc, dyi, xi, w, m, cr, rt, at, bt, e, n)
         for j in range(h, e, L):
             k = i * n + j
             store_lines_backward(
@@ -952,6 +970,19 @@ def _backward_rows_stream(dx, dw_acc, db_acc, dy, x, mean, rstd, w, lo, hi):
             if k + ahead < end:
                 prefetch_l1(xf, k + ahead)
                 prefetch_l1(dyf, k + ahead)
+        if i + 1 == hi:
+            row_backward_range(dx[i], dw_acc, db_acc, dy[i], x[i], w, m, cr, rt, at, bt, e, n)
+            break
+        m2, cr2, rt2, at2, bt2 = _row_line_coefs(dy, x, w, mean, rstd, i + 1)
+        if s > 0:
+            store_seam_backward(dxf, seam_dw, seam_db, dyf, xf, seam_w, i * n + e, n, 0,
+                                (m, m2), (cr, cr2), (rt, rt2), (at, at2), (bt, bt2), s)  # fmt: skip
+        m, cr, rt, at, bt = m2, cr2, rt2, at2, bt2
+    for q in range(L if s > 0 else 0):  # seam lane q: column e + q, or q - s of the next row
+        c = e + q if q < s else q - s
+        dw_acc[c] += seam_dw[q]
+        if db_acc is not None:
+            db_acc[c] += seam_db[q]
     return hi
 
 
