@@ -214,6 +214,52 @@ def test_backward_lines_at_every_alignment(rng, dtype, N):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("lines", [1, 3])
+def test_forward_stream_seams_at_every_alignment(rng, dtype, lines):
+    # the streamed forward (``_forward_rows_stream``) writes the line where one row ends and
+    # the next begins with both rows' statistics: every start of the rows within a line, ranges
+    # of rows that start and end inside the array, with and without weight and bias, LN and
+    # RMSNorm, in place and not, against the reference; the rows outside the range stay
+    # untouched
+    tol = 2e-5 if dtype == np.float32 else 1e-12
+    per_line = LINE_BYTES // np.dtype(dtype).itemsize
+    M, N = 6, lines * per_line
+    x0 = (3 + make(rng, (M, N), dtype)).astype(dtype)
+    wa, ba = make(rng, N, dtype), make(rng, N, dtype)
+    for off in range(per_line):
+        for w, b in [(wa, ba), (wa, None), (None, None)]:
+            for lo, hi in [(0, M), (1, 2), (2, 5), (4, M)]:
+                for center in (True, False):
+                    eps = 1e-5 if center else 1e-6  # the reference's defaults
+                    if center:
+                        yr, mr, rr = R.layer_norm_forward(x0[lo:hi], w, b, eps=eps)
+                    else:
+                        yr, rr = R.rms_norm_forward(x0[lo:hi], w, eps=eps)
+                        mr = None
+                    for inplace in (False, True):
+                        x = at_offset((M, N), dtype, off)
+                        x[:] = x0
+                        y = x if inplace else at_offset((M, N), dtype, off)
+                        mean = np.full(M, np.nan, dtype) if center else None
+                        rstd = np.full(M, np.nan, dtype)
+                        got = K._forward_rows_stream(
+                            y, mean, rstd, x, w, b if center else None, eps, center, lo, hi
+                        )
+                        case = (off, w is None, b is None, lo, hi, center, inplace)
+                        assert got == hi, case
+                        assert rel_err(y[lo:hi], yr) < tol, case
+                        assert rel_err(rstd[lo:hi], rr.ravel()) < tol, case
+                        if center:
+                            assert rel_err(mean[lo:hi], mr.ravel()) < tol, case
+                        out = np.concatenate([y[:lo], y[hi:]])
+                        if inplace:
+                            assert np.array_equal(out, np.concatenate([x0[:lo], x0[hi:]])), case
+                        else:
+                            assert np.isnan(out).all(), case
+                            assert np.array_equal(x, x0), case
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("lines", [1, 3])
 def test_backward_stream_seams_at_every_alignment(rng, dtype, lines):
     # the streamed backward (``_backward_rows_stream``) writes the line where one row ends and
     # the next begins with both rows' constants, its dw/db terms gathered apart and folded into

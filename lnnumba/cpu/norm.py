@@ -48,6 +48,7 @@ from .stream import (
     store_line_normalized,
     store_lines_backward,
     store_seam_backward,
+    store_seam_normalized,
 )
 
 # Flags for reduction loops: reassociation lets LLVM vectorize them; no nnan/ninf, so NaN/Inf
@@ -659,6 +660,17 @@ def _row_line_stats(mean, rstd, x, eps, center, i):
 
 
 @njit(**_jit)
+def _seam_line(a, e, h, fill, like):
+    """The values of a seam line's lanes, for the streamed passes' lines shared by two rows
+    (``store_seam_normalized``, ``store_seam_backward``): a[e:] then a[:h] of a (N,) weight
+    or bias, a new array of LINE_BYTES of the dtype of array ``like``; all ``fill`` for a None
+    (1 for an absent weight, -0.0 for an absent bias: x + -0.0 is x, zeros' signs too)."""
+    if a is None:
+        return np.full(LINE_BYTES // like.itemsize, fill, like.dtype)
+    return np.concatenate((a[e:], a[:h]))
+
+
+@njit(**_jit)
 def _forward_rows_stream(y, mean, rstd, x, w, b, eps, center, lo, hi):
     """Rows lo..hi-1 of the forward pass with the output written with non-temporal stores;
     returns the first row not done.
@@ -672,29 +684,44 @@ def _forward_rows_stream(y, mean, rstd, x, w, b, eps, center, lo, hi):
 
     Shapes as ``_forward_rows``. The rows must all start at the same place within a cache line
     (N * itemsize a multiple of ``LINE_BYTES``, y aligned to its dtype), else no row is done
-    (returns lo); the elements before each row's first line boundary and after its last take
-    ordinary stores (``row_forward_range``).
+    (returns lo). Where that place is not a line boundary, the line that holds one row's last
+    columns and the next row's first goes after the next row's statistics, with both rows'
+    (``store_seam_normalized``, as ``_backward_rows_stream``); only the first row's columns
+    before its first line boundary and the last row's after its last take ordinary stores
+    (``row_forward_range``). In place (y is x) each line is read before it is written, and a
+    row's statistics before the line it shares with the row before.
     """
     N = x.shape[1]
     yf = y.reshape(-1)
     xf = x.reshape(-1)
     h, e = _row_lines(yf, N)
-    if h < 0:
+    if h < 0 or lo == hi:
         return lo
     if N * x.itemsize > STREAM_BLOCK_MIN_ROW_BYTES:
         return _forward_blocks_stream(y, mean, rstd, x, w, b, eps, center, h, e, lo, hi)
     L = LINE_BYTES // x.itemsize
     ahead = max(1, STREAM_PREFETCH_BYTES // (N * x.itemsize)) * N  # elements
     end = hi * N  # prefetches stop at the thread's last row
+    s = N - e  # the columns of a row in the line it shares with the next (0: none)
+    seam_w = _seam_line(w, e, h, 1.0, x)  # the seam lines' weights and biases, by lane
+    seam_b = _seam_line(b, e, h, -0.0, x)
+    x0, rs, crs = _row_line_stats(mean, rstd, x, eps, center, lo)
+    row_forward_range(y[lo], x[lo], w, b, x0, crs, rs, 0, h)
     for i in range(lo, hi):
-        x0, rs, crs = _row_line_stats(mean, rstd, x, eps, center, i)
-        row_forward_range(y[i], x[i], w, b, x0, crs, rs, 0, h)
-        row_forward_range(y[i], x[i], w, b, x0, crs, rs, e, N)
         for j in range(h, e, L):
             k = i * N + j
             store_line_normalized(yf, k, xf, k, w, b, j, x0, rs, crs)
             if k + ahead < end:
                 prefetch_l1(xf, k + ahead)
+        if i + 1 == hi:
+            row_forward_range(y[i], x[i], w, b, x0, crs, rs, e, N)
+            break
+        x02, rs2, crs2 = _row_line_stats(mean, rstd, x, eps, center, i + 1)
+        if s > 0:
+            k = i * N + e
+            store_seam_normalized(yf, k, xf, k, seam_w, seam_b, 0, (x0, x02), (rs, rs2),
+                                  (crs, crs2), s)  # fmt: skip
+        x0, rs, crs = x02, rs2, crs2
     return hi
 
 
@@ -915,15 +942,6 @@ def _row_line_coefs(dy, x, w, mean, rstd, i):
 
 
 @njit(**_jit)
-def _seam_weights(w, e, h, like):
-    """The weights of a seam line's lanes (``_backward_rows_stream``), a new array of LINE_BYTES
-    of the dtype of array ``like``: w[e:] then w[:h], or ones for w None (no weight)."""
-    if w is None:
-        return np.ones(LINE_BYTES // like.itemsize, like.dtype)
-    return np.concatenate((w[e:], w[:h]))
-
-
-@njit(**_jit)
 def _backward_rows_stream(dx, dw_acc, db_acc, dy, x, mean, rstd, w, lo, hi):
     """Rows lo..hi-1 of the backward pass with dx written with non-temporal stores; returns
     the first row not done.
@@ -954,7 +972,7 @@ def _backward_rows_stream(dx, dw_acc, db_acc, dy, x, mean, rstd, w, lo, hi):
     L = LINE_BYTES // x.itemsize
     s = n - e  # the columns of a row in the line it shares with the next (0: none)
     # the seam lines' weights (columns e..n-1, then 0..h-1) and dw/db terms, lane for lane
-    seam_w = _seam_weights(w, e, h, x)
+    seam_w = _seam_line(w, e, h, 1.0, x)
     seam_dw = np.zeros(L, x.dtype)
     seam_db = np.zeros(L, x.dtype)  # also without a bias gradient: one type for all calls
     ahead = max(1, STREAM_PREFETCH_BYTES // (2 * n * x.itemsize)) * n  # elements, in each

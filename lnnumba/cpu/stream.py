@@ -124,27 +124,46 @@ def _store_line(typingctx, dst, k, src, j):
     return sig, codegen
 
 
-def _line_normalized(name, nontemporal, doc):
-    """The intrinsic ``store_line_normalized`` (``nontemporal``) or ``line_normalized``."""
+def _line_normalized(name, nontemporal, doc, seam=False):
+    """The intrinsic ``store_line_normalized`` (``nontemporal``), ``line_normalized`` or
+    ``store_seam_normalized`` (``seam``: one line of two rows, one more argument, the lane
+    where the second row starts)."""
 
-    def line_normalized(typingctx, y, yk, x, xk, w, b, wk, x0, r, cr):
+    def typer(y, yk, x, xk, w, b, wk, x0, r, cr, lanes):
         if not (isinstance(y, types.Array) and isinstance(y.dtype, types.Float) and x == y):
             return None
         for a in (w, b):
             if not (a == types.none or (isinstance(a, types.Array) and a.dtype == y.dtype)):
                 return None
-        sig = types.void(y, yk, x, xk, w, b, wk, x0, r, cr)
+        if seam and not (
+            all(isinstance(t, types.UniTuple) and t.count == 2 for t in (x0, r, cr))
+            and isinstance(lanes[0], types.Integer)
+        ):
+            return None
+        sig = types.void(y, yk, x, xk, w, b, wk, x0, r, cr, *lanes)
 
         def codegen(context, builder, signature, args):
-            yv, ykv, xv, xkv, wv, bv, wkv, x0v, rv, crv = args
+            yv, ykv, xv, xkv, wv, bv, wkv = args[:7]
             st = signature.args
             ft = st[0].dtype
             vt, size = line_type(context, ft)
             flags = ("contract", "nsz")
+            second = None  # seam: the lanes of the second row, as an i1 vector
+            if seam:
+                end = context.get_constant(types.intp, vt.count)
+                second = lane_mask(context, builder, vt, args[10], st[10], end, types.intp)
+
+            def const(i):  # argument i in every lane (seam: the second row's from lane s)
+                if second is None:
+                    return splat(context, builder, args[i], st[i], ft, vt)
+                v0, v1 = (splat(context, builder, builder.extract_value(args[i], q),
+                                st[i].dtype, ft, vt) for q in range(2))  # fmt: skip
+                return builder.select(second, v1, v0)
+
             v = builder.load(line_ptr(context, builder, st[2], xv, st[3], xkv, vt), align=size)
-            v = builder.fsub(v, splat(context, builder, x0v, st[7], ft, vt), flags=flags)
-            v = builder.fmul(v, splat(context, builder, rv, st[8], ft, vt), flags=flags)
-            v = builder.fsub(v, splat(context, builder, crv, st[9], ft, vt), flags=flags)
+            v = builder.fsub(v, const(7), flags=flags)
+            v = builder.fmul(v, const(8), flags=flags)
+            v = builder.fsub(v, const(9), flags=flags)
             if st[4] != types.none:
                 wl = builder.load(line_ptr(context, builder, st[4], wv, st[6], wkv, vt),
                                   align=size)  # fmt: skip
@@ -158,6 +177,16 @@ def _line_normalized(name, nontemporal, doc):
             return context.get_dummy_value()
 
         return sig, codegen
+
+    if seam:
+
+        def line_normalized(typingctx, y, yk, x, xk, w, b, wk, x0, r, cr, s):
+            return typer(y, yk, x, xk, w, b, wk, x0, r, cr, (s,))
+
+    else:
+
+        def line_normalized(typingctx, y, yk, x, xk, w, b, wk, x0, r, cr):
+            return typer(y, yk, x, xk, w, b, wk, x0, r, cr, ())
 
     return _named_intrinsic(line_normalized, name, doc)
 
@@ -180,6 +209,18 @@ line_normalized = _line_normalized(
     False,
     """``store_line_normalized`` with an ordinary store, for outputs that stay in the caches:
 the same arithmetic, and no alignment needed beyond the dtype's.""",
+)
+
+
+store_seam_normalized = _line_normalized(
+    "store_seam_normalized",
+    True,
+    """``store_line_normalized`` for the line where one row ends and the next begins: lanes
+0..s-1 are the first row's last columns, lanes s..L-1 the second row's first, each computed
+with its own row's statistics (2-tuples x0, r, cr: the first row's, then the second's; one
+more argument, s). w and b hold the weights and biases of the line's lanes' columns, from wk
+(see ``store_seam_backward``).""",
+    seam=True,
 )
 
 
