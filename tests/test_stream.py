@@ -336,3 +336,47 @@ def test_forward_lines_at_every_alignment(rng, dtype, N):
         xi[:] = x0
         K.forward_serial(xi, None, None, xi, w, b, 1e-5, True, False, False, 1)  # in place
         assert rel_err(xi, R.layer_norm_forward(x0, w, b)[0]) < tol, off
+
+
+@pytest.mark.parametrize("N", [48, 256, 2048])
+def test_outlier_rows_take_the_two_pass_statistics_on_every_forward_path(rng, N):
+    # rows whose first element is far from their mean (the one-pass sums' shift) take the
+    # two-pass row_stats, which every forward path calls in its own code: the saved statistics
+    # of those rows are row_stats' exactly, on the one-row, line, streamed, blocked and fused
+    # paths, serial and parallel, in place and not
+    M, dtype = 13, np.float32
+    x0 = (3 + make(rng, (M, N), dtype)).astype(dtype)
+    odd = [1, 6, 7, 12]
+    x0[odd, 0] = 3e3
+    w, b = make(rng, N, dtype), make(rng, N, dtype)
+    want = [K.row_stats(x0[i], 1e-5, True) for i in range(M)]
+    yr = R.layer_norm_forward(x0, w, b)[0]
+    for fwd in (K.forward_serial, K.forward_parallel):
+        for block, stream, inplace in [
+            (False, False, False),
+            (False, False, True),
+            (True, False, False),
+            (False, True, False),
+            (False, True, True),
+        ]:
+            x = at_offset((M, N), dtype, 3)
+            x[:] = x0
+            y = x if inplace else at_offset((M, N), dtype, 3)
+            m, r = np.empty(M, dtype), np.empty(M, dtype)
+            fwd(y, m, r, x, w, b, 1e-5, True, block, stream, 2)
+            case = (fwd.__name__, block, stream, inplace)
+            for i in odd:
+                x0_, c, r_ = want[i]
+                assert m[i] == dtype(x0_ + c) and r[i] == dtype(r_), (case, i)
+            assert rel_err(y, yr) < 1e-4, case
+
+
+def test_row_ln_takes_the_two_pass_statistics_for_an_outlier_first_element(rng):
+    # the recurrent cells' row routine has the same fallback as the forward paths
+    x = (3 + make(rng, 256, np.float32)).astype(np.float32)
+    x[0] = 3e3
+    y = np.empty_like(x)
+    mean, rstd = K.row_ln(y, x, None, None, 1e-5, True)
+    x0, c, r = K.row_stats(x, 1e-5, True)
+    assert mean == x0 + c and rstd == r
+    assert rel_err(y, R.layer_norm_forward(x[None])[0][0]) < 1e-4

@@ -178,42 +178,48 @@ def row_sums(x, k):
 
 
 @njit(inline="always", **_jit)
-def row_stats_one_pass(x, eps, center):
-    """``row_stats`` in one pass over the row where that is exact enough, else two.
+def row_stats_one_pass(x, k, eps, center):
+    """``row_stats`` in one pass over the row where that is exact enough: (x0, c, r, ok), ok
+    False where the caller must take the two-pass ``row_stats`` instead.
 
-    With the shift k = x[0], var = mean((x-k)^2) - mean(x-k)^2 cancels by a factor
-    1 + (mean - k)^2 / var. An element of the row is usually within a few standard deviations of
-    the mean, so the one pass loses at most a few bits; when the shift is far from the mean (an
-    outlier in front) or the sums are not finite, the two-pass ``row_stats`` is taken instead.
-    x: (N,). Returns (x0, c, r) as ``row_stats``.
+    x: (N,); k: the shift, x[0] (0 for RMSNorm), in x's dtype. With it, var = mean((x-k)^2) -
+    mean(x-k)^2 cancels by a factor 1 + (mean - k)^2 / var. An element of the row is usually
+    within a few standard deviations of the mean, so the one pass loses at most a few bits;
+    when the shift is far from the mean (an outlier in front) or the sums are not finite, ok is
+    False. (x0, c, r) as ``row_stats`` (meaningless where not ok).
+
+    The caller chooses the shift and takes the fallback in its own code, and the row is used
+    before any branch here: inlined (Numba IR), a branch on center or ok with the row still
+    live kept Numba's reference-count pruning from removing the atomic increments and
+    decrements of the arrays around it, which cost more than the statistics of a short row
+    (1024x64 float32 with mean and rstd saved, one core: 52 ns a row, 22 without them).
     """
     t = x.dtype.type
-    s1, s2 = row_sums(x, x[0] if center else t(0))
-    return stats_from_sums(x, s1, s2, eps, center)
+    n = x.shape[0]
+    s1, s2 = row_sums(x, k)
+    return stats_from_sums(t, n, k, s1, s2, eps, center)
 
 
 @njit(inline="always", **_jit)
-def stats_from_sums(x, s1, s2, eps, center):
-    """(x0, c, r) of ``row_stats_one_pass`` from the row's shifted sums s1 = sum(x - k),
-    s2 = sum((x - k)^2), k = x[0] (0 for RMSNorm); falls back to the two-pass ``row_stats``
-    where they cancel too much. x: (N,).
+def stats_from_sums(t, n, k, s1, s2, eps, center):
+    """(x0, c, r, ok) of ``row_stats_one_pass`` from a row's shifted sums s1 = sum(x - k),
+    s2 = sum((x - k)^2): t is x's dtype (its scalar type), n the row's length, k the shift
+    (x[0], 0 for RMSNorm); ok False where the sums cancel too much or are not finite (the caller
+    then takes the two-pass ``row_stats``). Scalars only.
 
     Inlined into its callers (Numba IR), and the sums are scaled by 1/n rather than divided by
     n: the scalar float64 divisions of a call took about 35 ns a row, more than the sums of a
     row of 256 float32. Inlined, the statistics of the rows of a block overlap, and one division
     (1/n) is off their critical path."""
-    n = x.shape[0]
-    t = x.dtype.type
     inv = 1.0 / n
     if not center:
-        return t(0), 0.0, 1.0 / np.sqrt(s2 * inv + eps)
+        return t(0), 0.0, 1.0 / np.sqrt(s2 * inv + eps), True
     ms = s1 * inv
     var = s2 * inv - ms * ms
-    if not ms * ms <= 3.0 * var:  # cancels more than 2 bits, or NaN/Inf: take two passes
-        return row_stats(x, eps, center)
-    mean = x[0] + ms
+    ok = ms * ms <= 3.0 * var  # else cancels more than 2 bits, or NaN/Inf
+    mean = k + ms
     x0 = t(mean)
-    return x0, mean - x0, 1.0 / np.sqrt(var + eps)
+    return x0, mean - x0, 1.0 / np.sqrt(abs(var) + eps), ok
 
 
 @njit(**_jit_elementwise)
@@ -229,6 +235,20 @@ def row_forward(y, x, w, b, x0, cr, r):
     """
     for j in range(x.shape[0]):
         _col_out(y, w, b, j, (x[j] - x0) * r - cr)
+
+
+@njit(**_jit_elementwise)
+def row_forward_at(y, x, i, w, b, x0, cr, r):
+    """``row_forward`` of row i of y, x: (M, N), indexed in place rather than through row
+    views: a view made in a loop with a branch (the statistics' fallback) kept its reference
+    counting, atomic operations that cost a long row several percent."""
+    for j in range(x.shape[1]):
+        v = (x[i, j] - x0) * r - cr
+        if w is not None:
+            v = v * w[j]
+        if b is not None:
+            v = v + b[j]
+        y[i, j] = v
 
 
 @njit(inline="always")
@@ -491,12 +511,15 @@ def rows4_backward_sums(dy, x, w, m):
 
 @njit(inline="always", **_jit)
 def row_ln(y, x, w, b, eps, center):
-    """Layer norm (``center``) or RMSNorm of one row, the routine every caller shares.
+    """Layer norm (``center``) or RMSNorm of one row, the routine of the recurrent cells; the
+    drivers below compute the same in their own loops (see ``row_stats_one_pass``).
 
     y: (N,) out; x: (N,); w, b: (N,) or None. Returns (mean, rstd) as float64 (mean 0 for RMSNorm).
     """
     t = x.dtype.type
-    x0, c, r = row_stats_one_pass(x, eps, center)
+    x0, c, r, ok = row_stats_one_pass(x, x[0] if center else t(0), eps, center)
+    if not ok:
+        x0, c, r = row_stats(x, eps, center)
     row_forward(y, x, w, b, x0, t(c * r), t(r))
     return x0 + c * 1.0, r
 
@@ -515,12 +538,32 @@ def row_ln_backward(dx, dw_acc, db_acc, dy, x, w, mean, rstd, center):
 
 @njit(**_jit)
 def _stats4(x, eps, center):
-    """``row_stats_one_pass`` of four rows (x: (4, N)): the 4-tuples (x0, c, r)."""
-    a0, c0, r0 = row_stats_one_pass(x[0], eps, center)
-    a1, c1, r1 = row_stats_one_pass(x[1], eps, center)
-    a2, c2, r2 = row_stats_one_pass(x[2], eps, center)
-    a3, c3, r3 = row_stats_one_pass(x[3], eps, center)
-    return (a0, a1, a2, a3), (c0, c1, c2, c3), (r0, r1, r2, r3)
+    """``row_stats_one_pass`` of four rows (x: (4, N)), with its fallback: the 4-tuples
+    (x0, c, r)."""
+    z = x.dtype.type(0)
+    a0, c0, r0, k0 = row_stats_one_pass(x[0], x[0, 0] if center else z, eps, center)
+    a1, c1, r1, k1 = row_stats_one_pass(x[1], x[1, 0] if center else z, eps, center)
+    a2, c2, r2, k2 = row_stats_one_pass(x[2], x[2, 0] if center else z, eps, center)
+    a3, c3, r3, k3 = row_stats_one_pass(x[3], x[3, 0] if center else z, eps, center)
+    return _two_pass4(x, (a0, a1, a2, a3), (c0, c1, c2, c3), (r0, r1, r2, r3),
+                      (k0, k1, k2, k3), eps, center)  # fmt: skip
+
+
+@njit(**_jit)
+def _two_pass4(x, x0, c, r, ok, eps, center):
+    """Four rows' statistics (4-tuples x0, c, r of x: (4, N)) with those of the rows not ``ok``
+    (a 4-tuple of bools) taken again by the two-pass ``row_stats``."""
+    if ok[0] and ok[1] and ok[2] and ok[3]:
+        return x0, c, r
+    q0 = (x0[0], c[0], r[0]) if ok[0] else row_stats(x[0], eps, center)
+    q1 = (x0[1], c[1], r[1]) if ok[1] else row_stats(x[1], eps, center)
+    q2 = (x0[2], c[2], r[2]) if ok[2] else row_stats(x[2], eps, center)
+    q3 = (x0[3], c[3], r[3]) if ok[3] else row_stats(x[3], eps, center)
+    return (
+        (q0[0], q1[0], q2[0], q3[0]),
+        (q0[1], q1[1], q2[1], q3[1]),
+        (q0[2], q1[2], q2[2], q3[2]),
+    )
 
 
 @njit(**_jit)
@@ -561,11 +604,13 @@ def _forward_rows_fused(y, mean, rstd, x, w, b, eps, center, lo, hi):
         s1, s2 = rows4_forward_fused(
             y[i : i + 4], x[i : i + 4], w, b, x0, crs, rs, x[i + 4 : i + 8], k
         )  # fmt: skip
-        a0, c0, r0 = stats_from_sums(x[i + 4], s1[0], s2[0], eps, center)
-        a1, c1, r1 = stats_from_sums(x[i + 5], s1[1], s2[1], eps, center)
-        a2, c2, r2 = stats_from_sums(x[i + 6], s1[2], s2[2], eps, center)
-        a3, c3, r3 = stats_from_sums(x[i + 7], s1[3], s2[3], eps, center)
-        x0, c, r = (a0, a1, a2, a3), (c0, c1, c2, c3), (r0, r1, r2, r3)
+        n = x.shape[1]
+        a0, c0, r0, q0 = stats_from_sums(t, n, k[0], s1[0], s2[0], eps, center)
+        a1, c1, r1, q1 = stats_from_sums(t, n, k[1], s1[1], s2[1], eps, center)
+        a2, c2, r2, q2 = stats_from_sums(t, n, k[2], s1[2], s2[2], eps, center)
+        a3, c3, r3, q3 = stats_from_sums(t, n, k[3], s1[3], s2[3], eps, center)
+        x0, c, r = _two_pass4(x[i + 4 : i + 8], (a0, a1, a2, a3), (c0, c1, c2, c3),
+                              (r0, r1, r2, r3), (q0, q1, q2, q3), eps, center)  # fmt: skip
         i += 4
     # the last block, its statistics already taken
     rows4_forward(y[i : i + 4], x[i : i + 4], w, b, x0, crs, rs)
@@ -646,17 +691,13 @@ def row_forward_range(y, x, w, b, x0, cr, r, j0, j1):
 
 
 @njit(inline="always", **_jit)
-def _row_line_stats(mean, rstd, x, eps, center, i):
-    """Row i's statistics (``row_stats_one_pass``) as the line routines take them: (x0, r, cr)
-    in x's dtype, cr = c * r; mean[i] and rstd[i] saved where given. mean, rstd: (M,) or None;
-    x: (M, N). The forward's counterpart of ``_row_line_coefs``."""
-    t = x.dtype.type
-    x0, c, r = row_stats_one_pass(x[i], eps, center)
+def _save_stats(mean, rstd, i, x0, c, r):
+    """mean[i] = x0 + c and rstd[i] = r for one row's statistics (as ``row_stats`` gives them);
+    mean, rstd: (M,) or None."""
     if mean is not None:
         mean[i] = x0 + c * 1.0
     if rstd is not None:
         rstd[i] = r
-    return x0, t(r), t(c * r)
 
 
 @njit(**_jit)
@@ -705,7 +746,12 @@ def _forward_rows_stream(y, mean, rstd, x, w, b, eps, center, lo, hi):
     s = N - e  # the columns of a row in the line it shares with the next (0: none)
     seam_w = _seam_line(w, e, h, 1.0, x)  # the seam lines' weights and biases, by lane
     seam_b = _seam_line(b, e, h, -0.0, x)
-    x0, rs, crs = _row_line_stats(mean, rstd, x, eps, center, lo)
+    t = x.dtype.type
+    x0, c, r, ok = row_stats_one_pass(x[lo], x[lo, 0] if center else t(0), eps, center)
+    if not ok:  # the fallbacks here, not in an inlined helper: see row_stats_one_pass
+        x0, c, r = row_stats(x[lo], eps, center)
+    _save_stats(mean, rstd, lo, x0, c, r)
+    rs, crs = t(r), t(c * r)
     row_forward_range(y[lo], x[lo], w, b, x0, crs, rs, 0, h)
     for i in range(lo, hi):
         for j in range(h, e, L):
@@ -716,7 +762,11 @@ def _forward_rows_stream(y, mean, rstd, x, w, b, eps, center, lo, hi):
         if i + 1 == hi:
             row_forward_range(y[i], x[i], w, b, x0, crs, rs, e, N)
             break
-        x02, rs2, crs2 = _row_line_stats(mean, rstd, x, eps, center, i + 1)
+        x02, c, r, ok = row_stats_one_pass(x[i + 1], x[i + 1, 0] if center else t(0), eps, center)
+        if not ok:
+            x02, c, r = row_stats(x[i + 1], eps, center)
+        _save_stats(mean, rstd, i + 1, x02, c, r)
+        rs2, crs2 = t(r), t(c * r)
         if s > 0:
             k = i * N + e
             store_seam_normalized(yf, k, xf, k, seam_w, seam_b, 0, (x0, x02), (rs, rs2),
@@ -733,7 +783,8 @@ def _forward_rows(y, mean, rstd, x, w, b, eps, center, block, stream, lo, hi):
     the output with non-temporal stores instead where y's rows allow it
     (``_forward_rows_stream``), then fences them. Otherwise rows of one line up to
     ``LINES_FORWARD_MAX_ROW_BYTES`` take ``_forward_rows_lines`` (unless y is x), the rest
-    ``row_ln``, with the next row prefetched (``PREFETCH_MIN_BYTES``).
+    ``row_ln``'s arithmetic (``row_stats_one_pass``, ``row_forward_at``), with the next row
+    prefetched (``PREFETCH_MIN_BYTES``).
 
     y: (M, N) out; mean, rstd: (M,) out or None; x: (M, N); w, b: (N,) or None.
     """
@@ -768,11 +819,12 @@ def _forward_rows(y, mean, rstd, x, w, b, eps, center, block, stream, lo, hi):
         if ahead and k + 1 < hi:
             for q in range((N + L - 1) // L):  # row k + 1 into L1, a line at a time
                 prefetch_l1(xf, (k + 1) * N + q * L)
-        m, r = row_ln(y[k], x[k], w, b, eps, center)
-        if mean is not None:
-            mean[k] = m
-        if rstd is not None:
-            rstd[k] = r
+        sh = x[k, 0] if center else t(0)
+        x0, c, r, ok = row_stats_one_pass(x[k], sh, eps, center)
+        if not ok:  # the fallback in this loop, not in an inlined helper: see row_stats_one_pass
+            x0, c, r = row_stats(x[k], eps, center)
+        row_forward_at(y, x, k, w, b, x0, t(c * r), t(r))
+        _save_stats(mean, rstd, k, x0, c, r)
     if stream:
         store_fence()
 
@@ -797,8 +849,13 @@ def _forward_rows_lines(y, mean, rstd, x, w, b, eps, center, lo, hi):
     h, e = _row_lines(yf, n)
     if h < 0:
         h, e = 0, n - n % L
+    t = x.dtype.type
     for i in range(lo, hi):
-        x0, rs, crs = _row_line_stats(mean, rstd, x, eps, center, i)
+        x0, c, r, ok = row_stats_one_pass(x[i], x[i, 0] if center else t(0), eps, center)
+        if not ok:  # the fallback here, not in an inlined helper: see row_stats_one_pass
+            x0, c, r = row_stats(x[i], eps, center)
+        _save_stats(mean, rstd, i, x0, c, r)
+        rs, crs = t(r), t(c * r)
         k0 = i * n
         if h > 0:  # columns 0..h-1: the line from column 0
             line_normalized(yf, k0, xf, k0, w, b, 0, x0, rs, crs)
