@@ -190,7 +190,11 @@ from its pool of freed outputs instead (`lnnumba._memory`), PyTorch allocates th
 (4096x1024 float64, 8192x4096 float32). NumPy's large arrays start 16 bytes past a cache line;
 the passes with ordinary stores (the backward's below 16 MB, the forward's for rows up to
 1 KB) start their vector lines at the output's first line boundary, and take the columns
-around them as whole lines overlapping them, so that no load or store spans two lines.
+around them as whole lines overlapping them, so that no load or store spans two lines. The
+streamed passes write the line where one row ends and the next begins as one line computed
+with both rows' constants, so that every line is streamed whole (against the previous short
+loops at each row's ends: backward 65536x64 2-3.8x faster, 4096x1024 1.0-1.3x; forward
+131072x64 4.8x).
 
 This machine is shared and has, from run to run, a fast state (a 4096x1024 float32 copy in
 about 160 us) and a slow one (about 280-310 us); lnnumba's own times move less than the
