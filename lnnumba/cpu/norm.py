@@ -219,7 +219,7 @@ def stats_from_sums(t, n, k, s1, s2, eps, center):
     ok = ms * ms <= 3.0 * var  # else cancels more than 2 bits, or NaN/Inf
     mean = k + ms
     x0 = t(mean)
-    return x0, mean - x0, 1.0 / np.sqrt(abs(var) + eps), ok
+    return x0, mean - x0, 1.0 / np.sqrt(var + eps), ok
 
 
 @njit(**_jit_elementwise)
@@ -630,6 +630,18 @@ def _row_lines(yf, n):
     return h, h + (n - h) // L * L
 
 
+@njit(**_jit)
+def _line_columns(yf, n):
+    """The columns (h, e) the line passes with ordinary stores (``_forward_rows_lines``,
+    ``_backward_rows_lines``) take as whole lines: the rows' whole cache lines
+    (``_row_lines``), or, where the rows do not all start at the same place within a line,
+    lines from column 0 (0, n - n % L)."""
+    h, e = _row_lines(yf, n)
+    if h < 0:
+        return 0, n - n % (LINE_BYTES // yf.itemsize)
+    return h, e
+
+
 @njit(inline="always", **_jit)
 def rows4_forward_range(y, x, w, b, x0, cr, r, j0, j1):
     """Columns j0..j1-1 of four rows' output (``rows4_forward`` on those columns, see
@@ -846,9 +858,7 @@ def _forward_rows_lines(y, mean, rstd, x, w, b, eps, center, lo, hi):
     yf = y.reshape(-1)
     xf = x.reshape(-1)
     L = LINE_BYTES // x.itemsize
-    h, e = _row_lines(yf, n)
-    if h < 0:
-        h, e = 0, n - n % L
+    h, e = _line_columns(yf, n)
     t = x.dtype.type
     for i in range(lo, hi):
         x0, c, r, ok = row_stats_one_pass(x[i], x[i, 0] if center else t(0), eps, center)
@@ -1082,9 +1092,7 @@ def _backward_rows_lines(dx, dw_acc, db_acc, dy, x, mean, rstd, w, lo, hi):
     dyf = dy.reshape(-1)
     xf = x.reshape(-1)
     L = LINE_BYTES // x.itemsize
-    h, e = _row_lines(dxf, n)
-    if h < 0:
-        h, e = 0, n - n % L
+    h, e = _line_columns(dxf, n)
     ahead = x.nbytes > PREFETCH_MIN_BYTES and n * x.itemsize <= PREFETCH_MAX_ROW_BYTES
     for i in range(lo, hi):
         m, cr, rt, at, bt = _row_line_coefs(dy, x, w, mean, rstd, i)
