@@ -155,7 +155,8 @@ def bench_step(H, rng, mt, rep):
     Wx, Wh = cell.params["Wx"], cell.params["Wh"]
     h = state[0]
     xw, hw = np.empty(4 * H, np.float32), np.empty(4 * H, np.float32)
-    nt = numba.get_num_threads()
+    # the tasks the step itself splits the products into (at least one per thread)
+    nt = max(cell._split_tasks(Wx, Wh), numba.get_num_threads())
     t = best_times(
         {"step": lambda: cell.step(xt, state), "matvecs_blas": lambda: (xt @ Wx, h @ Wh)}, mt, rep
     )

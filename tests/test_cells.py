@@ -236,12 +236,51 @@ def test_no_split_step_under_a_slow_launch_threading_layer(rng, monkeypatch, spl
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
-def test_split_step_chosen_by_weight_size():
-    # LSTM I=H=256 float32 (2 MB of weights) splits its step's products; I=H=32 (64 KB) and
-    # I=H=1024 (32 MB) call BLAS
-    for H, split in ((32, False), (256, True), (1024, False)):
-        cell = L.LSTM(H, H, seed=0)
-        assert cell._split_products(cell.params["Wx"], cell.params["Wh"]) == split
+def test_split_step_tasks_chosen_by_weight_size(monkeypatch):
+    # on 2 threads: LSTM I=H=32 float32 (64 KB of weights) calls BLAS; I=H=256 (2 MB) and
+    # I=H=320 (3.1 MB) split the products one task a thread; from 2 MB a thread (I=H=384,
+    # 4.5 MB; I=H=1024, 32 MB) two tasks a thread; never more tasks than rows (I + H)
+    monkeypatch.setattr(NC, "_MAX_THREADS", 2)
+    for H, tasks in ((32, 0), (256, 2), (320, 2), (384, 4), (1024, 4)):
+        Wx = np.zeros((H, 4 * H), np.float32)
+        assert NC._Cell._split_tasks(Wx, Wx) == tasks, H
+    monkeypatch.setattr(NC, "STEP_SPLIT_MIN_BYTES", 0)
+    monkeypatch.setattr(NC, "STEP_TASK_MIN_BYTES", 1)
+    monkeypatch.setattr(NC, "_MAX_THREADS", 16)
+    Wx = np.zeros((2, 4), np.float32)
+    assert NC._Cell._split_tasks(Wx, Wx[:1]) == 3
+
+
+def test_step_tasks_follow_the_weights_and_settings(monkeypatch):
+    # the tasks a cell keeps for its step are those of its current weights and settings
+    monkeypatch.setattr(NC, "_MAX_THREADS", 2)
+    cell = L.LSTM(256, 256, seed=0)
+    p = cell.params
+    assert cell._step_tasks(p["Wx"], p["Wh"]) == 2
+    p["Wx"] = np.zeros((1024, 1024), np.float32)  # replaced (LSTM I=1024, H=256)
+    p["Wh"] = np.zeros((256, 1024), np.float32)
+    assert cell._step_tasks(p["Wx"], p["Wh"]) == 4
+    monkeypatch.setattr(NC, "STEP_TWO_TASKS_MIN_SHARE", 10**9)
+    assert cell._step_tasks(p["Wx"], p["Wh"]) == 2
+    monkeypatch.setattr(NC, "STEP_SPLIT_MIN_BYTES", 10**9)
+    assert cell._step_tasks(p["Wx"], p["Wh"]) == 0
+
+
+@pytest.mark.parametrize("kind,cls", CELLS)
+@pytest.mark.parametrize("ln", [True, False])
+def test_missing_parameter(kind, cls, ln, rng):
+    # a parameter removed from params is named in a ValueError, by step, forward and backward
+    for name in sorted(k for k in make_cell(cls, ln).params if k not in ("Wx", "Wh")):
+        cell = make_cell(cls, ln)
+        x = rng.standard_normal((2, 1, cell.input_size))
+        _, _, cache = cell.forward(x)
+        del cell.params[name]
+        with pytest.raises(ValueError, match=f"params has no '{name}'"):
+            cell.step(x[0])
+        with pytest.raises(ValueError, match=f"params has no '{name}'"):
+            cell.forward(x)
+        with pytest.raises(ValueError, match=f"params has no '{name}'"):
+            cell.backward(np.ones((2, 1, cell.hidden_size)), cache)
 
 
 @pytest.mark.parametrize("kind,cls", CELLS)

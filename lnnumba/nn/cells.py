@@ -8,14 +8,14 @@ one with a recurrent matrix of at most ``KERNEL_LOOP_MAX_BYTES`` (the inference 
 model) runs the loop over time in one kernel call instead, recurrent product included: per step
 that saves a BLAS call and a kernel launch, which cost as much as the step's own arithmetic.
 ``step`` at batch one (the serving path) runs in one kernel call too, with its two products split
-over the cores (``matvec_pair``) when the weights fit their L2 caches (see
-``STEP_SPLIT_MIN_BYTES``).
+over the cores (``matvec_pair``; see ``STEP_SPLIT_MIN_BYTES``).
 
 Shapes: x (T, B, I) time-major; hs (T, B, H); states are tuples, ``(h, c)`` for the LSTM and
 ``(h,)`` for the GRU and RNN, each (B, H); ``None`` means zeros.
 """
 
 import threading
+from operator import itemgetter
 from typing import NamedTuple
 
 import numba
@@ -33,17 +33,22 @@ KERNEL_LOOP_MAX_BYTES = 1 << 20
 # Per-thread scratch of the batch-of-one ``step`` (``_Cell._one_scratch``).
 _one_scratch = threading.local()
 
-# Weights (Wx and Wh together, bytes) for which a batch-of-one ``step`` splits its two
-# matrix-vector products over the cores, each streaming its share from its own L2 cache
-# (``matvec_pair``), instead of calling BLAS. Measured side by side on 2 cores: 2.5-4x faster
-# than BLAS at LSTM I=H=256 (2 MB float32, 4 MB float64), 1.3x at I=H=128; slower at I=H=64
-# (128 KB float32), where the parallel launch costs more than it saves; no faster from
-# I=H=512 (8 MB float32), once the weights outgrow the L2 caches and come from memory.
+# Weights (Wx and Wh together, bytes) from which a batch-of-one ``step`` splits its two
+# matrix-vector products over the cores (``matvec_pair``) instead of calling BLAS. Measured side
+# by side on 2 cores, float32 unless said: 2.5-4x faster than BLAS at LSTM I=H=256 (2 MB; each
+# core streams its share from its own L2 cache), 1.4x at I=H=128; 1.15-1.3x from memory, with two
+# tasks per thread (``STEP_TWO_TASKS_MIN_SHARE``): I=H=512 (8 MB) 1.15x, I=H=1024 (32 MB)
+# 1.2-1.3x, I=H=1536 (72 MB) 1.2x, float64 I=H=1024 (64 MB) 1.3x; no faster at I=H=64
+# (128 KB), where the parallel launch costs as much as it saves.
 STEP_SPLIT_MIN_BYTES = 256 << 10
-STEP_SPLIT_MAX_BYTES = 8 << 20
 # The split gives each task at least this many bytes of weights (at most one task per thread):
 # below it a task's share costs less than starting it.
 STEP_TASK_MIN_BYTES = 128 << 10
+# From this share of the weights per thread (bytes), past the cores' L2 caches, each thread's
+# share is split in two tasks, run one after the other: measured 1.07-1.4x faster than one task
+# a thread from 4.5 MB of weights on 2 threads (I=H=384 float32) up, and slower below 4 MB
+# (I=H=256: 13.2 against 15.2 us).
+STEP_TWO_TASKS_MIN_SHARE = 2 << 20
 # Tasks are counted from Numba's thread pool size, not from ``numba.get_num_threads()`` (0.5 us a
 # call, a fifth of the rest of the step's Python side); after ``numba.set_num_threads(n)`` the
 # tasks still all run, n at a time.
@@ -72,6 +77,9 @@ class _Cell:
     _name = ""
     G = 1  # gate blocks in Wx / Wh
     n_state = 1
+    _step_param_names = ()
+    _param_getter = None  # ``_step_params``' fast path (``_make_param_getter``)
+    _plan = None  # ``_step_tasks``' last weights, settings and tasks
 
     def __init__(
         self, input_size, hidden_size, *, layer_norm=True, dtype=np.float32, seed=None, eps=1e-5
@@ -93,30 +101,93 @@ class _Cell:
         }
         self._init_params(rng)
         self._empty = np.zeros(0, dt)
+        self._param_names = tuple(self.params)
+        self._param_getter = self._make_param_getter()
 
     # -- helpers ------------------------------------------------------------------------------
 
     def _p(self, name):
-        """The current value of a parameter (optimizers update ``params`` in place), checked."""
+        """The current value of a parameter (optimizers update ``params`` in place); an empty
+        array for an LN parameter of a cell without LN."""
         a = self.params.get(name)
         if a is None:
+            if self.layer_norm or not name.startswith("ln_"):
+                raise self._missing(name)
             return self._empty
         return a
 
     def _zeros(self, shape):
         return np.zeros(shape, self.dtype)
 
+    def _check_params(self):
+        """Raises ValueError if ``params`` lacks one of the cell's parameters."""
+        for name in self._param_names:
+            if name not in self.params:
+                raise self._missing(name)
+
+    def _missing(self, name):
+        return ValueError(f"{self._name}: params has no {name!r}, a parameter of this cell")
+
     def _step_params(self):
-        """The parameters the step kernels (``_step``, ``_steps``) take, in their order."""
-        get, e = self.params.get, self._empty
-        return [get(n, e) for n in self._step_param_names]
+        """The parameters the step kernels (``_step``, ``_steps``) take, in their order; those
+        of LN for a cell without LN as empty arrays."""
+        get = self._param_getter
+        if get is None:
+            return [self._p(n) for n in self._step_param_names]
+        try:
+            return get(self.params)
+        except KeyError as err:
+            raise self._missing(err.args[0]) from None
+
+    def _make_param_getter(self):
+        """``_step_params``' fast path: an ``itemgetter`` of the step's parameters, with empty
+        arrays before or after them for the LN parameters that a cell without LN lacks; None
+        where the parameters present are not one run of ``_step_param_names``."""
+        names = self._step_param_names
+        at = [i for i, n in enumerate(names) if n in self.params]
+        if not at or at != list(range(at[0], at[-1] + 1)):
+            return None
+        e = self._empty
+        head, tail = (e,) * at[0], (e,) * (len(names) - 1 - at[-1])
+        get = itemgetter(*names[at[0] : at[-1] + 1])
+        if len(at) == 1:
+            return lambda p: (*head, get(p), *tail)
+        if head or tail:
+            return lambda p: (*head, *get(p), *tail)
+        return get
 
     @staticmethod
     def _split_products(Wx, Wh):
         """Whether a batch-of-one ``step`` splits its two matrix-vector products over the cores
-        (``matvec_pair``) rather than calling BLAS: for weights of a size where that measured
-        faster."""
-        return STEP_SPLIT_MIN_BYTES <= Wx.nbytes + Wh.nbytes <= STEP_SPLIT_MAX_BYTES
+        (``matvec_pair``) rather than calling BLAS: from ``STEP_SPLIT_MIN_BYTES`` of weights."""
+        return Wx.nbytes + Wh.nbytes >= STEP_SPLIT_MIN_BYTES
+
+    @staticmethod
+    def _split_tasks(Wx, Wh):
+        """Tasks of a batch-of-one ``step``'s split products (``matvec_pair``) on weights Wx
+        (I, G*H) and Wh (H, G*H); 0 where the step calls BLAS instead. One task per thread,
+        each with ``STEP_TASK_MIN_BYTES`` or more, two per thread from
+        ``STEP_TWO_TASKS_MIN_SHARE`` per thread; 1 to I + H."""
+        if not _Cell._split_products(Wx, Wh):
+            return 0
+        size = Wx.nbytes + Wh.nbytes
+        nt = max(1, min(size // STEP_TASK_MIN_BYTES, _MAX_THREADS))
+        if size // nt >= STEP_TWO_TASKS_MIN_SHARE:
+            nt *= 2
+        return min(nt, Wx.shape[0] + Wh.shape[0])
+
+    def _step_tasks(self, Wx, Wh):
+        """``_split_tasks(Wx, Wh)``, kept for the weights and settings last seen: a ``step``
+        that recomputed it would spend a sixth of its Python side on it."""
+        settings = (
+            STEP_SPLIT_MIN_BYTES, STEP_TASK_MIN_BYTES, STEP_TWO_TASKS_MIN_SHARE, _MAX_THREADS
+        )  # fmt: skip
+        plan = self._plan  # (Wx, Wh, settings, tasks)
+        if plan is not None and plan[0] is Wx and plan[1] is Wh and plan[2] == settings:
+            return plan[3]
+        nt = self._split_tasks(Wx, Wh)
+        self._plan = (Wx, Wh, settings, nt)
+        return nt
 
     def _one_scratch(self):
         """Scratch of a batch-of-one ``step``, kept per thread and per shape: (xw, hw) (1, G*H),
@@ -238,6 +309,7 @@ class _Cell:
         last step; cache for ``backward``. Raises TypeError/ValueError for bad input.
         """
         x = self._check_x(x, 3, "forward")
+        self._check_params()
         T, B, I = x.shape
         H, GH = self.hidden_size, self.G * self.hidden_size
         st0 = self._check_state(state, B, "forward")
@@ -300,6 +372,7 @@ class _Cell:
         if dhs.dtype != self.dtype:
             raise TypeError(f"{fn}: dhs has dtype {dhs.dtype}, expected {self.dtype}")
         dst = self._check_state(dlast, B, "backward", "dlast")
+        self._check_params()
         grads = {k: np.zeros_like(v) for k, v in self.params.items()}
         Wh = self._p("Wh")
         dxw = self._zeros((T, B, GH))  # gradients of x_t Wx
@@ -330,34 +403,32 @@ class _Cell:
         """One step without a cache, the inference path. x_t: (B, I); state: tuple or None.
         Returns the new state tuple (new arrays; the given state is not modified).
 
-        At batch one with weights (Wx and Wh) of ``STEP_SPLIT_MIN_BYTES`` to
-        ``STEP_SPLIT_MAX_BYTES``, the two matrix-vector products are split over Numba's threads
-        and the step is one kernel call; otherwise, for ``cpu.norm.BLAS_SPIN_S`` after one of
-        the package's products big enough for BLAS to use its threads, and under a threading
-        layer with slow launches (``cpu.norm.SLOW_LAUNCH_LAYERS``), they go to BLAS."""
+        At batch one with weights (Wx and Wh) of ``STEP_SPLIT_MIN_BYTES`` or more, the two
+        matrix-vector products are split over Numba's threads (``_split_tasks``) and the step
+        is one kernel call; otherwise, for ``cpu.norm.BLAS_SPIN_S`` after one of the package's
+        products big enough for BLAS to use its threads, and under a threading layer with slow
+        launches (``cpu.norm.SLOW_LAUNCH_LAYERS``), they go to BLAS."""
         x_t = self._check_x(x_t, 2, "step")
         B = x_t.shape[0]
         st0 = self._check_state(state, B, "step")
         lstm = self.n_state == 2
-        shape, e = (B, self.hidden_size), self._empty
-        h = np.empty(shape, self.dtype)
-        c = np.empty(shape, self.dtype) if lstm else e
-        Wx, Wh = self.params["Wx"], self.params["Wh"]
-        if (
-            B == 1
-            and self._split_products(Wx, Wh)
-            and not blas_recent()
-            and not slow_parallel_launch()
-            and parallel_lock.acquire(False)
-        ):
-            try:
-                # tasks: one per thread, each with STEP_TASK_MIN_BYTES or more; 1 to I + H
-                nt = (Wx.nbytes + Wh.nbytes) // STEP_TASK_MIN_BYTES
-                nt = max(1, min(nt, _MAX_THREADS, Wx.shape[0] + Wh.shape[0]))
-                self._step_one(h, c, x_t, st0, Wx, Wh, nt)
-            finally:
-                parallel_lock.release()
-            return (h, c) if lstm else (h,)
+        dt, e = self.dtype, self._empty
+        h = np.empty((B, self.hidden_size), dt)
+        c = np.empty((B, self.hidden_size), dt) if lstm else e
+        p = self.params
+        try:
+            Wx, Wh = p["Wx"], p["Wh"]
+        except KeyError:
+            self._check_params()
+            raise
+        if B == 1 and not blas_recent() and not slow_parallel_launch():
+            nt = self._step_tasks(Wx, Wh)
+            if nt and parallel_lock.acquire(False):
+                try:
+                    self._step_one(h, c, x_t, st0, Wx, Wh, nt)
+                finally:
+                    parallel_lock.release()
+                return (h, c) if lstm else (h,)
         xw = x_t @ Wx
         hw = st0[0] @ Wh
         note_blas(B, Wx.shape[1], Wx.shape[0] + Wh.shape[0])
