@@ -250,9 +250,12 @@ compare against ONNX Runtime's default configuration, the faster one.
 
 At H=256 a step is bound by its two matrix-vector products: 2 MB of weights, which lnnumba splits
 between the cores so that each streams its half from its own L2 cache (see the recurrent-cells
-section for their time alone, about 14 us against about 35 us through NumPy's BLAS). ONNX Runtime
-in its default configuration also splits them over the cores; 3x faster than it would take a
-step several microseconds faster than the two products alone.
+section for their time alone, split and through NumPy's BLAS). ONNX Runtime in its default
+configuration also splits them over the cores; 3x faster than it would take a step several
+microseconds faster than the two products alone. At H=1024 the 32 MB of weights come from
+memory, and each core takes its share as two tasks, one after the other
+(`STEP_TWO_TASKS_MIN_SHARE` in lnnumba/nn/cells.py), which measured faster than one task a core
+and than BLAS.
 
 ## GPU: CUDA kernels
 
