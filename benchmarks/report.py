@@ -188,9 +188,10 @@ which the OS
 zeroes on first touch (glibc maps allocations that large anew each time): lnnumba takes them
 from its pool of freed outputs instead (`lnnumba._memory`), PyTorch allocates them anew
 (4096x1024 float64, 8192x4096 float32). NumPy's large arrays start 16 bytes past a cache line;
-the passes with ordinary stores (the backward's below 16 MB, the forward's for rows up to
-1 KB) start their vector lines at the output's first line boundary, and take the columns
-around them as whole lines overlapping them, so that no load or store spans two lines. The
+the backward's pass with ordinary stores (below 16 MB) starts its vector lines at the output's
+first line boundary, and takes the columns around them as whole lines overlapping them, so
+that no load or store spans two lines. The forward with ordinary stores takes rows of up to
+1 KB two at a time, each column's weight and bias loaded once for both. The
 streamed passes write the line where one row ends and the next begins as one line computed
 with both rows' constants, so that every line is streamed whole (against the previous short
 loops at each row's ends: backward 65536x64 2-3.8x faster, 4096x1024 1.0-1.3x; forward

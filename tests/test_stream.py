@@ -306,44 +306,50 @@ def test_backward_stream_seams_at_every_alignment(rng, dtype, lines):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("N", [5, 16, 21, 37, 48, 64, 100])
-def test_forward_lines_at_every_alignment(rng, dtype, N):
-    # the forward's line-aligned pass (``_forward_rows_lines``, rows up to
-    # LINES_FORWARD_MAX_ROW_BYTES) at every start of y within a line, x with y or apart, LN and
-    # RMSNorm, with and without weight and bias, against the reference; in place (y is x) the
-    # plain row loop is taken, since overlapping lines would read what they wrote
+@pytest.mark.parametrize("N", [1, 5, 16, 37, 100, 128])
+def test_forward_rows_two_at_a_time(rng, dtype, N):
+    # rows up to FORWARD_PAIRS_MAX_ROW_BYTES go through the row loop two at a time, an odd row
+    # last: every row count, serial and parallel, LN and RMSNorm, with and without weight, bias
+    # and saved statistics, in place and not, at a start within a line, against the reference;
+    # the rows outside the range a call is given stay untouched
     tol = 2e-5 if dtype == np.float32 else 1e-12
-    per_line = LINE_BYTES // np.dtype(dtype).itemsize
-    assert N * np.dtype(dtype).itemsize <= K.LINES_FORWARD_MAX_ROW_BYTES
-    M = 3
-    x0 = (3 + make(rng, (M, N), dtype)).astype(dtype)
+    assert N * np.dtype(dtype).itemsize <= K.FORWARD_PAIRS_MAX_ROW_BYTES
     w, b = make(rng, N, dtype), make(rng, N, dtype)
-    for off in range(per_line):
-        for other in (off, (off + 1) % per_line):
-            x = at_offset((M, N), dtype, other)
-            x[:] = x0
-            for wb in [(None, None), (w, None), (w, b)]:
-                y, m, r = at_offset((M, N), dtype, off), np.empty(M), np.empty(M)
-                K.forward_serial(y, m, r, x, *wb, 1e-5, True, False, False, 1)
-                yr, mr, rr = R.layer_norm_forward(x0, *wb)
-                assert rel_err(y, yr) < tol and rel_err(m, mr.ravel()) < tol, (off, other)
-                assert rel_err(r, rr.ravel()) < tol
-                K.forward_serial(y, None, r, x, wb[0], None, 1e-6, False, False, False, 1)
-                yq, rq = R.rms_norm_forward(x0, wb[0])
-                assert rel_err(y, yq) < tol and rel_err(r, rq.ravel()) < tol, (off, other)
-            assert np.array_equal(x, x0)
-        xi = at_offset((M, N), dtype, off)
-        xi[:] = x0
-        K.forward_serial(xi, None, None, xi, w, b, 1e-5, True, False, False, 1)  # in place
-        assert rel_err(xi, R.layer_norm_forward(x0, w, b)[0]) < tol, off
+    for M in (1, 2, 3, 4, 5, 8):
+        x0 = (3 + make(rng, (M, N), dtype)).astype(dtype)
+        yr, mr, rr = R.layer_norm_forward(x0, w, b)
+        yq, rq = R.rms_norm_forward(x0, w)
+        for fwd in (K.forward_serial, K.forward_parallel):
+            for inplace in (False, True):
+                x = at_offset((M, N), dtype, 1)
+                x[:] = x0
+                y = x if inplace else at_offset((M, N), dtype, 2)
+                m, r = np.empty(M, dtype), np.empty(M, dtype)
+                fwd(y, m, r, x, w, b, 1e-5, True, False, False, 2)
+                case = (M, fwd.__name__, inplace)
+                assert rel_err(y, yr) < tol and rel_err(m, mr.ravel()) < tol, case
+                assert rel_err(r, rr.ravel()) < tol, case
+                x[:] = x0
+                fwd(y, None, r, x, w, None, 1e-6, False, False, False, 2)
+                assert rel_err(y, yq) < tol and rel_err(r, rq.ravel()) < tol, case
+                x[:] = x0
+                fwd(y, None, None, x, None, None, 1e-5, True, False, False, 2)
+                assert rel_err(y, R.layer_norm_forward(x0)[0]) < tol, case
+                if not inplace:
+                    assert np.array_equal(x, x0), case
+        if M > 2:  # rows 1..M-2 only
+            y = np.full((M, N), np.nan, dtype)
+            K._forward_rows(y, None, None, x0, w, b, 1e-5, True, False, False, 1, M - 1)
+            assert rel_err(y[1 : M - 1], yr[1 : M - 1]) < tol, M
+            assert np.isnan(y[0]).all() and np.isnan(y[M - 1]).all(), M
 
 
 @pytest.mark.parametrize("N", [48, 256, 2048])
 def test_outlier_rows_take_the_two_pass_statistics_on_every_forward_path(rng, N):
     # rows whose first element is far from their mean (the one-pass sums' shift) take the
     # two-pass row_stats, which every forward path calls in its own code: the saved statistics
-    # of those rows are row_stats' exactly, on the one-row, line, streamed, blocked and fused
-    # paths, serial and parallel, in place and not
+    # of those rows are row_stats' exactly, on the one-row, two-row, streamed, blocked and
+    # fused paths, serial and parallel, in place and not
     M, dtype = 13, np.float32
     x0 = (3 + make(rng, (M, N), dtype)).astype(dtype)
     odd = [1, 6, 7, 12]

@@ -40,7 +40,6 @@ from .stream import (
     LINE_BYTES,
     line_backward_masked,
     line_head,
-    line_normalized,
     lines_backward,
     prefetch,
     prefetch_l1,
@@ -99,17 +98,22 @@ STREAM_MAX_ROW_BYTES = 128 << 10
 # 1.0-1.25x / 0.96x at 8192x4096 (the spread is the machine's, from run to run), 1.0x / - at
 # 4096x8192, 0.93x / - at 2048x16384.
 STREAM_BLOCK_MIN_ROW_BYTES = 16 << 10
-# Rows up to this long take the forward's line-aligned pass (``_forward_rows_lines``) when not
-# streamed. Measured against the plain row loop (``row_ln``) through ``layer_norm(out=)``,
-# float32, 2 threads: 65536x64 1.4-1.5x, 4096x128 1.23x, 2048x256 1.13-1.2x, 1024x512 0.99x,
-# 512x512 0.88x, 256x1024 0.86x, 32x2048 0.77x (the plain loop, unrolled by LLVM, keeps more
-# loads in flight on long rows). On one core it was ahead at 1024 columns too (1.1-1.2x).
-LINES_FORWARD_MAX_ROW_BYTES = 1 << 10
-# The forward's plain row loop (rows past LINES_FORWARD_MAX_ROW_BYTES, not streamed) asks for
-# the next row in L1 before each row, for inputs past the cores' L2 caches and rows of up to
-# a page: the hardware prefetchers stop at page boundaries. ``forward_parallel``, float32, 2
-# threads, against no prefetch side by side: 8192x512 1.14-1.4x, 4096x1024 1.04-1.13x; rows
-# of 8 KB (2048x2048) 0.92x and 16 KB (1024x4096) 0.95-1.0x, so not those.
+# Rows up to this long (not streamed) go two at a time through the forward's row loop, the
+# output pass of the two together (``rows2_forward_at``): each column's w and b loaded once for
+# both rows, and twice the work between two rows' scalar statistics. Measured side by side on 2
+# cores against the former one row at a time (line by line in vector registers, then the faster
+# for such rows), float32, in the machine's fast state: 65536x64 1.17x, 32768x64 1.14-1.19x,
+# 16384x128 1.12x, 8192x256 1.18-1.36x, 4096x256 1.24x, 8192x64 1.19x, 16384x32 1.11x, 65536x8
+# 1.01x; on one thread 4096x64 1.10x, 1024x256 1.13x, 256x256 1.25x; in its slow state, where
+# memory bounds both, 16384x256 0.98x. Longer rows stay one at a time: two rows of 4 KB measured
+# 1.06-1.15x faster at 8 MB (2048x1024) but 0.70-0.76x at 16 MB (4096x1024), and 8 KB rows
+# (1024x2048) 0.92x.
+FORWARD_PAIRS_MAX_ROW_BYTES = 1 << 10
+# The forward's row loop (not streamed) asks for the next row (two rows ahead: the next two) in
+# L1 before each row, for inputs past the cores' L2 caches and rows of up to a page: the
+# hardware prefetchers stop at page boundaries. ``forward_parallel``, float32, 2 threads,
+# against no prefetch side by side: 8192x512 1.14-1.4x, 4096x1024 1.04-1.13x; rows of 8 KB
+# (2048x2048) 0.92x and 16 KB (1024x4096) 0.95-1.0x, so not those.
 PREFETCH_MIN_BYTES = 2 << 20
 PREFETCH_MAX_ROW_BYTES = 4 << 10
 STREAM_PREFETCH_BYTES = 16 << 10
@@ -249,6 +253,26 @@ def row_forward_at(y, x, i, w, b, x0, cr, r):
         if b is not None:
             v = v + b[j]
         y[i, j] = v
+
+
+@njit(**_jit_elementwise)
+def rows2_forward_at(y, x, i, w, b, x0, cr, r, x0n, crn, rn):
+    """``row_forward_at`` of rows i and i + 1 at once, loading each column's w and b once for
+    the two: (x0, cr, r) are row i's statistics, (x0n, crn, rn) row i + 1's. Each column of both
+    rows is read before it is written, so y may be x."""
+    for j in range(x.shape[1]):
+        v = (x[i, j] - x0) * r - cr
+        vn = (x[i + 1, j] - x0n) * rn - crn
+        if w is not None:
+            wj = w[j]
+            v = v * wj
+            vn = vn * wj
+        if b is not None:
+            bj = b[j]
+            v = v + bj
+            vn = vn + bj
+        y[i, j] = v
+        y[i + 1, j] = vn
 
 
 @njit(inline="always")
@@ -632,8 +656,8 @@ def _row_lines(yf, n):
 
 @njit(**_jit)
 def _line_columns(yf, n):
-    """The columns (h, e) the line passes with ordinary stores (``_forward_rows_lines``,
-    ``_backward_rows_lines``) take as whole lines: the rows' whole cache lines
+    """The columns (h, e) the backward's line pass with ordinary stores
+    (``_backward_rows_lines``) takes as whole lines: the rows' whole cache lines
     (``_row_lines``), or, where the rows do not all start at the same place within a line,
     lines from column 0 (0, n - n % L)."""
     h, e = _row_lines(yf, n)
@@ -793,10 +817,10 @@ def _forward_rows(y, mean, rstd, x, w, b, eps, center, block, stream, lo, hi):
     a time (the statistics are still taken row by row), and for rows longer than
     ``FUSE_MIN_ROW_BYTES`` runs fused with the next four rows' statistics. ``stream`` writes
     the output with non-temporal stores instead where y's rows allow it
-    (``_forward_rows_stream``), then fences them. Otherwise rows of one line up to
-    ``LINES_FORWARD_MAX_ROW_BYTES`` take ``_forward_rows_lines`` (unless y is x), the rest
-    ``row_ln``'s arithmetic (``row_stats_one_pass``, ``row_forward_at``), with the next row
-    prefetched (``PREFETCH_MIN_BYTES``).
+    (``_forward_rows_stream``), then fences them. The rest take ``row_ln``'s arithmetic
+    (``row_stats_one_pass``, ``row_forward_at``), two rows at a time for rows up to
+    ``FORWARD_PAIRS_MAX_ROW_BYTES`` (``rows2_forward_at``), with the next rows prefetched
+    (``PREFETCH_MIN_BYTES``).
 
     y: (M, N) out; mean, rstd: (M,) out or None; x: (M, N); w, b: (N,) or None.
     """
@@ -817,16 +841,27 @@ def _forward_rows(y, mean, rstd, x, w, b, eps, center, block, stream, lo, hi):
             _save_stats4(mean, rstd, i, x0, c, r)
             i += 4
     row = x.shape[1] * x.itemsize
-    if (
-        not stream
-        and LINE_BYTES <= row <= LINES_FORWARD_MAX_ROW_BYTES
-        and y.ctypes.data != x.ctypes.data
-    ):
-        i = _forward_rows_lines(y, mean, rstd, x, w, b, eps, center, i, hi)
     ahead = x.nbytes > PREFETCH_MIN_BYTES and row <= PREFETCH_MAX_ROW_BYTES
     xf = x.reshape(-1)
     N = x.shape[1]
     L = LINE_BYTES // x.itemsize
+    if row <= FORWARD_PAIRS_MAX_ROW_BYTES:
+        while i + 2 <= hi:  # two rows at a time
+            if ahead and i + 3 < hi:
+                for q in range((2 * N + L - 1) // L):  # rows i + 2 and i + 3 into L1
+                    prefetch_l1(xf, (i + 2) * N + q * L)
+            # the fallbacks in this loop, not in an inlined helper: see row_stats_one_pass
+            x0, c, r, ok = row_stats_one_pass(x[i], x[i, 0] if center else t(0), eps, center)
+            if not ok:
+                x0, c, r = row_stats(x[i], eps, center)
+            sh = x[i + 1, 0] if center else t(0)
+            x0n, cn, rn, ok = row_stats_one_pass(x[i + 1], sh, eps, center)
+            if not ok:
+                x0n, cn, rn = row_stats(x[i + 1], eps, center)
+            rows2_forward_at(y, x, i, w, b, x0, t(c * r), t(r), x0n, t(cn * rn), t(rn))
+            _save_stats(mean, rstd, i, x0, c, r)
+            _save_stats(mean, rstd, i + 1, x0n, cn, rn)
+            i += 2
     for k in range(i, hi):
         if ahead and k + 1 < hi:
             for q in range((N + L - 1) // L):  # row k + 1 into L1, a line at a time
@@ -839,43 +874,6 @@ def _forward_rows(y, mean, rstd, x, w, b, eps, center, block, stream, lo, hi):
         _save_stats(mean, rstd, k, x0, c, r)
     if stream:
         store_fence()
-
-
-@njit(**_jit)
-def _forward_rows_lines(y, mean, rstd, x, w, b, eps, center, lo, hi):
-    """Rows lo..hi-1 of the forward pass one at a time, y written with ordinary stores: each
-    row's statistics (``row_stats_one_pass``), then its output a cache line at a time in vector
-    registers (``line_normalized``). Returns hi. Shapes as ``_forward_rows``; rows of at least
-    one line, and y not x (see below).
-
-    As in ``_backward_rows_lines``, the lines start at y's first line boundary where all rows
-    start at the same place within a line, so that with NumPy's large arrays no vector load or
-    store spans two lines, and the columns before and after the whole lines are a whole line
-    each, overlapping them: their y is written twice, the same value. Written in place, the
-    second write would read an x the first had overwritten: the caller takes ``row_ln`` there.
-    """
-    n = x.shape[1]
-    yf = y.reshape(-1)
-    xf = x.reshape(-1)
-    L = LINE_BYTES // x.itemsize
-    h, e = _line_columns(yf, n)
-    t = x.dtype.type
-    for i in range(lo, hi):
-        x0, c, r, ok = row_stats_one_pass(x[i], x[i, 0] if center else t(0), eps, center)
-        if not ok:  # the fallback here, not in an inlined helper: see row_stats_one_pass
-            x0, c, r = row_stats(x[i], eps, center)
-        _save_stats(mean, rstd, i, x0, c, r)
-        rs, crs = t(r), t(c * r)
-        k0 = i * n
-        if h > 0:  # columns 0..h-1: the line from column 0
-            line_normalized(yf, k0, xf, k0, w, b, 0, x0, rs, crs)
-        for q in range((e - h) // L):  # a unit step: range(h, e, L) is a slower loop
-            j = h + q * L
-            line_normalized(yf, k0 + j, xf, k0 + j, w, b, j, x0, rs, crs)
-            prefetch_l1(xf, k0 + n + j)
-        if e < n:  # columns e..n-1: the line ending at column n - 1
-            line_normalized(yf, k0 + n - L, xf, k0 + n - L, w, b, n - L, x0, rs, crs)
-    return hi
 
 
 @njit(**_jit)

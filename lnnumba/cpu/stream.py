@@ -125,9 +125,9 @@ def _store_line(typingctx, dst, k, src, j):
 
 
 def _line_normalized(name, nontemporal, doc, seam=False):
-    """The intrinsic ``store_line_normalized`` (``nontemporal``), ``line_normalized`` or
-    ``store_seam_normalized`` (``seam``: one line of two rows, one more argument, the lane
-    where the second row starts)."""
+    """The intrinsic ``store_line_normalized`` (``seam`` False) or ``store_seam_normalized``
+    (``seam``: one line of two rows, one more argument, the lane where the second row
+    starts); ``nontemporal`` for a non-temporal store, else an ordinary one."""
 
     def typer(y, yk, x, xk, w, b, wk, x0, r, cr, lanes):
         if not (isinstance(y, types.Array) and isinstance(y.dtype, types.Float) and x == y):
@@ -203,14 +203,6 @@ contractions to fused multiply-adds that the kernels' other element-wise loops a
 (``contract``, ``nsz``).
 """,
 )
-
-line_normalized = _line_normalized(
-    "line_normalized",
-    False,
-    """``store_line_normalized`` with an ordinary store, for outputs that stay in the caches:
-the same arithmetic, and no alignment needed beyond the dtype's.""",
-)
-
 
 store_seam_normalized = _line_normalized(
     "store_seam_normalized",
