@@ -7,7 +7,7 @@ import lnnumba
 
 from .common import best_seconds, copy_parallel, data
 
-SHAPES = ["1x256", "1x1024", "64x1024", "4096x1024", "8192x4096"]
+SHAPES = ["1x256", "1x1024", "64x1024", "8192x256", "4096x1024", "8192x4096"]
 DTYPES = ["float32", "float64"]
 
 
