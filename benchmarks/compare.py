@@ -290,7 +290,7 @@ def run(quick=False):
         "onnxruntime": ort.__version__ if ort is not None else None,
     }
     rows = []
-    for M, N in [(1, 1024), (1, 4096), (64, 1024), (4096, 1024), (8192, 4096)]:
+    for M, N in [(1, 1024), (1, 4096), (64, 1024), (8192, 256), (4096, 1024), (8192, 4096)]:
         for dt in (np.float32, np.float64):
             if dt is np.float64 and M * N > 4096 * 1024:
                 continue
