@@ -654,18 +654,6 @@ def _row_lines(yf, n):
     return h, h + (n - h) // L * L
 
 
-@njit(**_jit)
-def _line_columns(yf, n):
-    """The columns (h, e) the backward's line pass with ordinary stores
-    (``_backward_rows_lines``) takes as whole lines: the rows' whole cache lines
-    (``_row_lines``), or, where the rows do not all start at the same place within a line,
-    lines from column 0 (0, n - n % L)."""
-    h, e = _row_lines(yf, n)
-    if h < 0:
-        return 0, n - n % (LINE_BYTES // yf.itemsize)
-    return h, e
-
-
 @njit(inline="always", **_jit)
 def rows4_forward_range(y, x, w, b, x0, cr, r, j0, j1):
     """Columns j0..j1-1 of four rows' output (``rows4_forward`` on those columns, see
@@ -851,11 +839,11 @@ def _forward_rows(y, mean, rstd, x, w, b, eps, center, block, stream, lo, hi):
                 for q in range((2 * N + L - 1) // L):  # rows i + 2 and i + 3 into L1
                     prefetch_l1(xf, (i + 2) * N + q * L)
             # the fallbacks in this loop, not in an inlined helper: see row_stats_one_pass
-            x0, c, r, ok = row_stats_one_pass(x[i], x[i, 0] if center else t(0), eps, center)
+            sh, shn = (x[i, 0], x[i + 1, 0]) if center else (t(0), t(0))
+            x0, c, r, ok = row_stats_one_pass(x[i], sh, eps, center)
             if not ok:
                 x0, c, r = row_stats(x[i], eps, center)
-            sh = x[i + 1, 0] if center else t(0)
-            x0n, cn, rn, ok = row_stats_one_pass(x[i + 1], sh, eps, center)
+            x0n, cn, rn, ok = row_stats_one_pass(x[i + 1], shn, eps, center)
             if not ok:
                 x0n, cn, rn = row_stats(x[i + 1], eps, center)
             rows2_forward_at(y, x, i, w, b, x0, t(c * r), t(r), x0n, t(cn * rn), t(rn))
@@ -1090,7 +1078,9 @@ def _backward_rows_lines(dx, dw_acc, db_acc, dy, x, mean, rstd, w, lo, hi):
     dyf = dy.reshape(-1)
     xf = x.reshape(-1)
     L = LINE_BYTES // x.itemsize
-    h, e = _line_columns(dxf, n)
+    h, e = _row_lines(dxf, n)
+    if h < 0:  # the rows start at different places within a line: lines from column 0
+        h, e = 0, n - n % L
     ahead = x.nbytes > PREFETCH_MIN_BYTES and n * x.itemsize <= PREFETCH_MAX_ROW_BYTES
     for i in range(lo, hi):
         m, cr, rt, at, bt = _row_line_coefs(dy, x, w, mean, rstd, i)

@@ -84,7 +84,7 @@ def store_line_vector(builder, v, ptr, align, nontemporal):
 
 def _named_intrinsic(typer, name, doc):
     """``intrinsic(typer)`` under ``name`` with docstring ``doc``: the intrinsics the factories
-    below make in two variants each."""
+    below make in several variants each."""
     typer.__name__ = typer.__qualname__ = name
     typer.__doc__ = doc
     return intrinsic(typer)
@@ -124,10 +124,10 @@ def _store_line(typingctx, dst, k, src, j):
     return sig, codegen
 
 
-def _line_normalized(name, nontemporal, doc, seam=False):
+def _line_normalized(name, doc, seam=False):
     """The intrinsic ``store_line_normalized`` (``seam`` False) or ``store_seam_normalized``
     (``seam``: one line of two rows, one more argument, the lane where the second row
-    starts); ``nontemporal`` for a non-temporal store, else an ordinary one."""
+    starts)."""
 
     def typer(y, yk, x, xk, w, b, wk, x0, r, cr, lanes):
         if not (isinstance(y, types.Array) and isinstance(y.dtype, types.Float) and x == y):
@@ -172,8 +172,7 @@ def _line_normalized(name, nontemporal, doc, seam=False):
                 bl = builder.load(line_ptr(context, builder, st[5], bv, st[6], wkv, vt),
                                   align=size)  # fmt: skip
                 v = builder.fadd(v, bl, flags=flags)
-            out = line_ptr(context, builder, st[0], yv, st[1], ykv, vt)
-            store_line_vector(builder, v, out, size, nontemporal)
+            store_nontemporal(builder, v, line_ptr(context, builder, st[0], yv, st[1], ykv, vt))
             return context.get_dummy_value()
 
         return sig, codegen
@@ -193,7 +192,6 @@ def _line_normalized(name, nontemporal, doc, seam=False):
 
 store_line_normalized = _line_normalized(
     "store_line_normalized",
-    True,
     """y[yk:yk+L] = ((x[xk:xk+L] - x0) * r - cr) * w[wk:wk+L] + b[wk:wk+L], L elements (one
 cache line), computed in vector registers and written with one non-temporal store.
 
@@ -206,7 +204,6 @@ contractions to fused multiply-adds that the kernels' other element-wise loops a
 
 store_seam_normalized = _line_normalized(
     "store_seam_normalized",
-    True,
     """``store_line_normalized`` for the line where one row ends and the next begins: lanes
 0..s-1 are the first row's last columns, lanes s..L-1 the second row's first, each computed
 with its own row's statistics (2-tuples x0, r, cr: the first row's, then the second's; one
