@@ -165,21 +165,37 @@ def bench(M, N, use_torch, repeat):
     return r
 
 
+def _per_call_us(f, sync, n):
+    for _ in range(10):
+        f()
+    sync()
+    t0 = time.perf_counter()
+    for _ in range(n):
+        f()
+    dt = time.perf_counter() - t0
+    sync()
+    return dt / n * 1e6
+
+
 def call_cost_us(n=2000):
-    """Wall microseconds per call of a tiny forward, launches queued without synchronizing."""
+    """Wall microseconds per call of a tiny forward (1x1024 into ``out=``), launches queued
+    without synchronizing."""
     x = cuda.to_device(np.ones((1, 1024), np.float32))
     w = cuda.to_device(np.ones(1024, np.float32))
     b = cuda.to_device(np.zeros(1024, np.float32))
     out = cuda.device_array_like(x)
-    for _ in range(10):
-        lnnumba.layer_norm(x, w, b, out=out)
-    cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(n):
-        lnnumba.layer_norm(x, w, b, out=out)
-    dt = time.perf_counter() - t0
-    cuda.synchronize()
-    return dt / n * 1e6
+    return _per_call_us(lambda: lnnumba.layer_norm(x, w, b, out=out), cuda.synchronize, n)
+
+
+def torch_call_cost_us(n=2000):
+    """The same for torch.nn.functional.layer_norm (it allocates its output)."""
+    import torch
+
+    x = torch.ones((1, 1024), device="cuda")
+    w = torch.ones(1024, device="cuda")
+    b = torch.zeros(1024, device="cuda")
+    f = torch.nn.functional.layer_norm
+    return _per_call_us(lambda: f(x, (1024,), w, b), torch.cuda.synchronize, n)
 
 
 KEYS = [
@@ -238,6 +254,8 @@ def main(argv=None):
     }
     rows = [bench(M, N, use_torch, repeat) for M, N in shapes]
     info["call_cost_us"] = call_cost_us(20 if args.tiny else 2000)
+    if use_torch:
+        info["torch_call_cost_us"] = torch_call_cost_us()
     print(" ".join(f"{k}={v}" for k, v in info.items()))
     print(table(rows))
     if args.json:
