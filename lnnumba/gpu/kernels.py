@@ -49,26 +49,33 @@ FULL_MASK = 0xFFFFFFFF
 
 # Launch shapes on a GPU (the simulator uses tiny ones, see the plans). Module constants, read at
 # every launch.
-# The values are the fastest of sweeps on an H200 (benchmarks/gpu.py's shapes, float32, with
-# its --set option): forward max K 4/8/16 x 128-512 threads, backward max K 4/8 x 256-1024
-# threads x 1-8 blocks per multiprocessor.
+# The values are the fastest of sweeps with benchmarks/gpu.py's shapes, float32, and its --set
+# option: on an H200, forward max K 4/8/16 x 128-512 threads and backward max K 4/8 x 256-1024
+# threads x 1-8 blocks per multiprocessor; then on an H100, forward max K 8/16/32 x widest
+# group 256/512/1024 x 128/256 threads and backward max K 4/8/16 x widest group 512/1024 x
+# 256-1024 threads x 1-4 blocks per multiprocessor. On the H100, against the H200's values:
+# backward about 1.4x at 65536x1024, 1.2x at 16384x4096 and 1.2x at 4096x16384 (max K 16, groups of
+# at most 512, one block per multiprocessor); forward 1.24x at 4096x16384 (groups of at most
+# 512), the same elsewhere.
 FWD_MAX_K = 16  # forward: at most this many elements per thread before a group grows
+FWD_MAX_GROUP = 512  # forward: the widest group; past it K grows (rows of 16384: K = 32)
 FWD_THREADS = 128  # forward: threads per block (at least G)
-BWD_MAX_K = 8  # backward: elements per thread (x, dy, weight and two sums each held)
+BWD_MAX_K = 16  # backward: elements per thread (x, dy, weight and two sums each held)
+BWD_MAX_GROUP = 512  # backward: the widest group; past it K grows (rows of 16384: K = 32)
 BWD_THREADS = 512  # backward: threads per block (at least G)
-BWD_BLOCKS_PER_SM = 2  # backward: resident blocks per multiprocessor (rows are strided over)
+BWD_BLOCKS_PER_SM = 1  # backward: resident blocks per multiprocessor (rows are strided over)
 SUM_COLS, SUM_SLICES = 32, 16  # the partial-sum kernel's block: columns x slices of the rows
 
 
-def group_shape(N, max_k, sim):
+def group_shape(N, max_k, max_group, sim):
     """(G, K): threads per row and elements per thread for rows of N elements.
 
-    G grows from one warp until each thread holds at most ``max_k`` elements (up to 1024
-    threads, then K grows). Under the simulator (one OS thread per CUDA thread) G stays at most
-    32 and no larger than needed.
+    G grows from one warp until each thread holds at most ``max_k`` elements (up to
+    ``max_group`` threads, at most 1024, then K grows). Under the simulator (one OS thread per
+    CUDA thread) G stays at most 32 and no larger than needed.
     """
     G = WARP
-    while G < MAX_THREADS and G * max_k < N:
+    while G < min(max_group, MAX_THREADS) and G * max_k < N:
         G *= 2
     if sim:
         G = min(G, WARP)
@@ -79,7 +86,7 @@ def group_shape(N, max_k, sim):
 
 def forward_plan(M, N, sim):
     """(G, K, T, blocks) for the forward kernel: one row per group, R = T // G rows a block."""
-    G, K = group_shape(N, FWD_MAX_K, sim)
+    G, K = group_shape(N, FWD_MAX_K, FWD_MAX_GROUP, sim)
     T = max(G, 64 if sim else FWD_THREADS)
     return G, K, T, max(1, math.ceil(M / (T // G)))
 
@@ -87,7 +94,7 @@ def forward_plan(M, N, sim):
 def backward_plan(M, N, sim, multiprocessors):
     """(G, K, T, blocks) for the backward kernel: groups stride over the rows, and the grid is
     at most a few blocks per multiprocessor (each block writes one row of partial sums)."""
-    G, K = group_shape(N, BWD_MAX_K, sim)
+    G, K = group_shape(N, BWD_MAX_K, BWD_MAX_GROUP, sim)
     if sim:  # several groups a block only for short rows: the final per-block sums cost K barriers
         T = max(G, 64) if K <= 4 else G
     else:

@@ -157,3 +157,30 @@ def test_lean_launch_matches_the_dispatcher():
             k.enabled = True
     for a, c in zip(fast, slow):
         np.testing.assert_array_equal(a, c)
+
+
+@pytest.mark.skipif(_simulator(), reason="the simulator's groups are one warp at most")
+@pytest.mark.parametrize("N", [8193, 16411, 33000])
+def test_rows_wider_than_the_widest_group(N):
+    """Past FWD_MAX_GROUP / BWD_MAX_GROUP threads a row's group stops growing and each thread
+    holds more than the maximum K: those plans against the reference, LN and RMSNorm."""
+    from lnnumba.gpu import kernels
+
+    G, K = kernels.group_shape(N, kernels.FWD_MAX_K, kernels.FWD_MAX_GROUP, False)
+    assert G * K >= N and (G == min(kernels.FWD_MAX_GROUP, 1024) or K <= kernels.FWD_MAX_K)
+    x, w, b, dy = data(N, 3, np.float32, seed=7)
+    dX, dW, dB = cuda.to_device(x), cuda.to_device(w), cuda.to_device(b)
+    y, mean, rstd = L.layer_norm_forward(dX, dW, dB)
+    yr, mr, rr = R.layer_norm_forward(x, w, b)
+    assert rel(y.copy_to_host(), yr) < 1e-4
+    dx, dw, db = L.layer_norm_backward(cuda.to_device(dy), dX, mean, rstd, dW)
+    dxr, dwr, dbr = R.layer_norm_backward(dy, x, mr, rr, w)
+    assert dx_err(dx.copy_to_host(), dxr, rr, dy, w) < 1e-3
+    assert rel(dw.copy_to_host(), dwr) < 1e-4
+    assert rel(db.copy_to_host(), dbr) < 1e-4
+    z, zr = L.rms_norm_forward(dX, dW)
+    assert rel(z.copy_to_host(), R.rms_norm_forward(x, w)[0]) < 1e-4
+    dz, dwz = L.rms_norm_backward(cuda.to_device(dy), dX, zr, dW)
+    dzr, dwzr = R.rms_norm_backward(dy, x, R.rms_norm_forward(x, w)[1], w)
+    assert rel(dwz.copy_to_host(), dwzr) < 1e-4
+    assert dx_err(dz.copy_to_host(), dzr, R.rms_norm_forward(x, w)[1], dy, w) < 1e-3
