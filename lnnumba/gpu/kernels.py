@@ -50,15 +50,15 @@ FULL_MASK = 0xFFFFFFFF
 # Launch shapes on a GPU (the simulator uses tiny ones, see the plans). Module constants, read at
 # every launch.
 # The values are the fastest of sweeps with benchmarks/gpu.py's shapes, float32, and its --set
-# option: on an H200, forward max K 4/8/16 x 128-512 threads and backward max K 4/8 x 256-1024
-# threads x 1-8 blocks per multiprocessor; then on an H100, forward max K 8/16/32 x widest
-# group 256/512/1024 x 128/256 threads and backward max K 4/8/16 x widest group 512/1024 x
-# 256-1024 threads x 1-4 blocks per multiprocessor. On the H100, against the H200's values:
-# backward about 1.4x at 65536x1024, 1.2x at 16384x4096 and 1.2x at 4096x16384 (max K 16, groups of
-# at most 512, one block per multiprocessor); forward 1.24x at 4096x16384 (groups of at most
-# 512), the same elsewhere. Rows of 16384 still spill the backward's registers (five values an
-# element, 32 elements a thread); reading x and the weight again in its second pass instead of
-# holding them measured 0.83x.
+# option. On an H200: forward max K 4/8/16 x 128-512 threads; backward max K 4/8 x 256-1024
+# threads x 1-8 blocks per multiprocessor. Then on an H100: forward max K 8/16/32 x widest group
+# 256/512/1024 x 128/256 threads; backward max K 4/8/16 x widest group 512/1024 x 256-1024
+# threads x 1-4 blocks per multiprocessor. On the H100, against the H200's values:
+#   backward (max K 16, groups of at most 512, one block per multiprocessor): about 1.4x at
+#   65536x1024, 1.2x at 16384x4096 and at 4096x16384;
+#   forward (groups of at most 512): 1.24x at 4096x16384, the same elsewhere.
+# Rows of 16384 still spill the backward's registers (five values an element, 32 elements a
+# thread); reading x and the weight again in its second pass instead of holding them: 0.83x.
 FWD_MAX_K = 16  # forward: at most this many elements per thread before a group grows
 FWD_MAX_GROUP = 512  # forward: the widest group; past it K grows (rows of 16384: K = 32)
 FWD_THREADS = 128  # forward: threads per block (at least G)
