@@ -252,10 +252,11 @@ def _small(x, w, b, eps, axis, out, center):
             )
         )
     ):
-        f = _cpu.forward_entries.get((dt, True, True, w is None, b is None))
+        inplace = out is x
+        f = _cpu.forward_entries.get((dt, inplace, True, True, w is None, b is None))
         if f is not None:  # (only float32/float64 entries are ever made)
             y = np.empty((x.shape[0], N), dt) if out is None else out
-            f(y, None, None, x, w, b, eps, center, False, False, 1)
+            f(None if inplace else y, None, None, x, w, b, eps, center, False, False, 1)
             return y
     return None
 

@@ -386,3 +386,57 @@ def test_row_ln_takes_the_two_pass_statistics_for_an_outlier_first_element(rng):
     x0, c, r = K.row_stats(x, 1e-5, True)
     assert mean == x0 + c and rstd == r
     assert rel_err(y, R.layer_norm_forward(x[None])[0][0]) < 1e-4
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize(
+    "N, block, stream",
+    [
+        (37, False, False),  # rows two at a time, the last one alone
+        (300, False, False),  # one at a time
+        (37, True, False),  # blocks of four
+        (LONG + 3, True, False),  # blocks of four fused with the next block's statistics
+        (48, False, True),  # streamed, one row at a time
+        (BLOCKS + 16, False, True),  # streamed in blocks of four
+    ],
+)
+@pytest.mark.parametrize("center", [True, False])
+def test_forward_in_place_matches_a_separate_output_on_every_path(rng, dtype, N, block, stream,
+                                                                  center):  # fmt: skip
+    # y None writes the output into x (lnnumba.norm passes it for out=x): the same bits as into
+    # a separate array, statistics too, serial and parallel, on every path but the fused one,
+    # whose statistics' sums LLVM vectorizes in a different order for the two (within float
+    # rounding of each other; they differ from the unfused sums of a block's first rows anyway)
+    fused = block and N * np.dtype(dtype).itemsize > K.FUSE_MIN_ROW_BYTES
+    M = 13
+    x0 = (3 + make(rng, (M, N), dtype)).astype(dtype)
+    w, b = make(rng, N, dtype), (make(rng, N, dtype) if center else None)
+    for fwd in (K.forward_serial, K.forward_parallel):
+        x = at_offset((M, N), dtype, 3)
+        x[:] = x0
+        y, m, r = at_offset((M, N), dtype, 3), np.empty(M, dtype), np.empty(M, dtype)
+        fwd(y, m, r, x, w, b, 1e-5, center, block, stream, 2)
+        mi, ri = np.empty(M, dtype), np.empty(M, dtype)
+        fwd(None, mi, ri, x, w, b, 1e-5, center, block, stream, 2)
+        case = (fwd.__name__, N, block, stream, center)
+        if fused:
+            tol = 1e-6 if dtype == np.float32 else 1e-14
+            assert rel_err(x, y) < tol and rel_err(mi, m) < tol and rel_err(ri, r) < tol, case
+            continue
+        np.testing.assert_array_equal(x, y, err_msg=str(case))
+        np.testing.assert_array_equal(mi, m, err_msg=str(case))
+        np.testing.assert_array_equal(ri, r, err_msg=str(case))
+
+
+@pytest.mark.parametrize("shape", [(3, 37), (300, 257), (40, 1000)])  # serial and parallel sizes
+def test_public_forward_in_place(rng, shape):
+    x = (3 + make(rng, shape, np.float32)).astype(np.float32)
+    w, b = make(rng, shape[-1], np.float32), make(rng, shape[-1], np.float32)
+    for norm, args in ((L.layer_norm, (w, b)), (L.rms_norm, (w,))):
+        want = norm(x, *args)
+        z = x.copy()
+        assert norm(z, *args, out=z) is z
+        np.testing.assert_array_equal(z, want)
+        z = x.copy()
+        assert norm(z[:, None], *args, out=z[:, None]) is not None  # 3-d, through the full checks
+        np.testing.assert_array_equal(z, want)

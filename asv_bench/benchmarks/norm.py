@@ -31,10 +31,15 @@ class LayerNorm:
         _, self.mean, self.rstd = lnnumba.layer_norm_forward(self.x, self.w, self.b)  # warm JIT
         lnnumba.layer_norm_backward(self.dy, self.x, self.mean, self.rstd, self.w)
         lnnumba.layer_norm(self.x, self.w, self.b, out=self.y)
+        self.z = self.x.copy()  # normalized in place, again and again (it stays normalized)
+        lnnumba.layer_norm(self.z, self.w, self.b, out=self.z)
         copy_parallel(self.y, self.x)
 
     def time_forward(self, shape, dtype):
         lnnumba.layer_norm(self.x, self.w, self.b, out=self.y)
+
+    def time_forward_in_place(self, shape, dtype):
+        lnnumba.layer_norm(self.z, self.w, self.b, out=self.z)
 
     def time_forward_new_output(self, shape, dtype):
         # without out=: the serving call, whose Python side dominates at batch 1

@@ -34,7 +34,8 @@ import time
 
 import numba
 import numpy as np
-from numba import get_num_threads, njit, prange
+from numba import get_num_threads, njit, prange, types
+from numba.extending import overload
 
 from .stream import (
     LINE_BYTES,
@@ -226,6 +227,39 @@ def stats_from_sums(t, n, k, s1, s2, eps, center):
     return x0, mean - x0, 1.0 / np.sqrt(var + eps), ok
 
 
+def _out(y, x):
+    """The array a forward routine writes: y, or x itself where y is None (in place).
+
+    The drivers take y None for an output that is x's own memory. Written through the same
+    array as it is read, a routine's loop vectorizes as it does for a separate output; given
+    the same memory as a second array, LLVM's run-time overlap check sends it to its scalar
+    loop instead. Measured side by side on 2 cores, forward in place with y None against y
+    given as x: 2.9x faster at 64x1024 float32, 3.7x at 256x1024 and 8192x256, 3.5x at
+    4096x1024, 3.2x at 512x512 float64 (and then 1.2-1.6x faster than into a separate
+    array); the streamed passes (``_forward_rows_stream``), whose intrinsics need no
+    analysis, the same at 8192x4096. Resolved at compile time."""
+    return x if y is None else y
+
+
+@overload(_out, inline="always")
+def _out_impl(y, x):
+    if isinstance(y, types.NoneType):
+        return lambda y, x: x
+    return lambda y, x: y
+
+
+def _rows4(y, i):
+    """Rows i..i+3 of y (M, N), a view; None for None (in place, see ``_out``)."""
+    return None if y is None else y[i : i + 4]
+
+
+@overload(_rows4, inline="always")
+def _rows4_impl(y, i):
+    if isinstance(y, types.NoneType):
+        return lambda y, i: None
+    return lambda y, i: y[i : i + 4]
+
+
 @njit(**_jit_elementwise)
 def row_forward(y, x, w, b, x0, cr, r):
     """y = ((x - x0) * r - cr) * w + b for one row; ``w``/``b`` may be None (1 and 0).
@@ -245,21 +279,24 @@ def row_forward(y, x, w, b, x0, cr, r):
 def row_forward_at(y, x, i, w, b, x0, cr, r):
     """``row_forward`` of row i of y, x: (M, N), indexed in place rather than through row
     views: a view made in a loop with a branch (the statistics' fallback) kept its reference
-    counting, atomic operations that cost a long row several percent."""
+    counting, atomic operations that cost a long row several percent. y None: into x (see
+    ``_out``)."""
+    yo = _out(y, x)
     for j in range(x.shape[1]):
         v = (x[i, j] - x0) * r - cr
         if w is not None:
             v = v * w[j]
         if b is not None:
             v = v + b[j]
-        y[i, j] = v
+        yo[i, j] = v
 
 
 @njit(**_jit_elementwise)
 def rows2_forward_at(y, x, i, w, b, x0, cr, r, x0n, crn, rn):
     """``row_forward_at`` of rows i and i + 1 at once, loading each column's w and b once for
     the two: (x0, cr, r) are row i's statistics, (x0n, crn, rn) row i + 1's. Each column of both
-    rows is read before it is written, so y may be x."""
+    rows is read before it is written; y None writes x (see ``_out``)."""
+    yo = _out(y, x)
     for j in range(x.shape[1]):
         v = (x[i, j] - x0) * r - cr
         vn = (x[i + 1, j] - x0n) * rn - crn
@@ -271,8 +308,8 @@ def rows2_forward_at(y, x, i, w, b, x0, cr, r, x0n, crn, rn):
             bj = b[j]
             v = v + bj
             vn = vn + bj
-        y[i, j] = v
-        y[i + 1, j] = vn
+        yo[i, j] = v
+        yo[i + 1, j] = vn
 
 
 @njit(inline="always")
@@ -325,15 +362,17 @@ def _col4_out(y, w, b, j, v0, v1, v2, v3):
 def rows4_forward(y, x, w, b, x0, cr, r):
     """``row_forward`` for four rows at once, loading each column's w and b once for the four.
 
-    y: (4, N) out; x: (4, N); w, b: (N,) or None; x0, cr, r: 4-tuples of the rows' statistics in
-    x's dtype, cr = c * r. The same arithmetic as ``row_forward``, row by row.
+    y: (4, N) out, or None to write x (see ``_out``); x: (4, N); w, b: (N,) or None; x0, cr, r:
+    4-tuples of the rows' statistics in x's dtype, cr = c * r. The same arithmetic as
+    ``row_forward``, row by row.
     """
+    yo = _out(y, x)
     for j in range(x.shape[1]):
         v0 = (x[0, j] - x0[0]) * r[0] - cr[0]
         v1 = (x[1, j] - x0[1]) * r[1] - cr[1]
         v2 = (x[2, j] - x0[2]) * r[2] - cr[2]
         v3 = (x[3, j] - x0[3]) * r[3] - cr[3]
-        _col4_out(y, w, b, j, v0, v1, v2, v3)
+        _col4_out(yo, w, b, j, v0, v1, v2, v3)
 
 
 @njit(**_jit_reduce)
@@ -341,12 +380,14 @@ def rows4_forward_fused(y, x, w, b, x0, cr, r, x_next, k):
     """``rows4_forward`` fused with the shifted sums of the next four rows, so those rows stream
     in from memory while this block's output is written.
 
-    y: (4, N) out; x: (4, N); w, b: (N,) or None; x0, cr, r: 4-tuples in x's dtype, cr = c * r;
-    x_next: (4, N); k: 4-tuple of shifts. Returns (s1, s2), 4-tuples of sum(x_next - k) and
-    sum((x_next - k)^2). Compiled with reassociation (the sums need it), so the output is
-    (x - x0) * r - c * r, which no regrouping can turn into x - (x0 + c).
+    y: (4, N) out, or None to write x (see ``_out``); x: (4, N); w, b: (N,) or None; x0, cr, r:
+    4-tuples in x's dtype, cr = c * r; x_next: (4, N); k: 4-tuple of shifts. Returns (s1, s2),
+    4-tuples of sum(x_next - k) and sum((x_next - k)^2). Compiled with reassociation (the sums
+    need it), so the output is (x - x0) * r - c * r, which no regrouping can turn into
+    x - (x0 + c).
     """
     t = x.dtype.type
+    yo = _out(y, x)
     a0 = a1 = a2 = a3 = t(0)
     q0 = q1 = q2 = q3 = t(0)
     for j in range(x.shape[1]):
@@ -354,7 +395,7 @@ def rows4_forward_fused(y, x, w, b, x0, cr, r, x_next, k):
         v1 = (x[1, j] - x0[1]) * r[1] - cr[1]
         v2 = (x[2, j] - x0[2]) * r[2] - cr[2]
         v3 = (x[3, j] - x0[3]) * r[3] - cr[3]
-        _col4_out(y, w, b, j, v0, v1, v2, v3)
+        _col4_out(yo, w, b, j, v0, v1, v2, v3)
         d0 = x_next[0, j] - k[0]
         d1 = x_next[1, j] - k[1]
         d2 = x_next[2, j] - k[2]
@@ -626,7 +667,7 @@ def _forward_rows_fused(y, mean, rstd, x, w, b, eps, center, lo, hi):
             x[i + 7, 0] if center else z,
         )
         s1, s2 = rows4_forward_fused(
-            y[i : i + 4], x[i : i + 4], w, b, x0, crs, rs, x[i + 4 : i + 8], k
+            _rows4(y, i), x[i : i + 4], w, b, x0, crs, rs, x[i + 4 : i + 8], k
         )  # fmt: skip
         n = x.shape[1]
         a0, c0, r0, q0 = stats_from_sums(t, n, k[0], s1[0], s2[0], eps, center)
@@ -637,7 +678,7 @@ def _forward_rows_fused(y, mean, rstd, x, w, b, eps, center, lo, hi):
                               (r0, r1, r2, r3), (q0, q1, q2, q3), eps, center)  # fmt: skip
         i += 4
     # the last block, its statistics already taken
-    rows4_forward(y[i : i + 4], x[i : i + 4], w, b, x0, crs, rs)
+    rows4_forward(_rows4(y, i), x[i : i + 4], w, b, x0, crs, rs)
     return i + 4
 
 
@@ -810,19 +851,20 @@ def _forward_rows(y, mean, rstd, x, w, b, eps, center, block, stream, lo, hi):
     ``FORWARD_PAIRS_MAX_ROW_BYTES`` (``rows2_forward_at``), with the next rows prefetched
     (``PREFETCH_MIN_BYTES``).
 
-    y: (M, N) out; mean, rstd: (M,) out or None; x: (M, N); w, b: (N,) or None.
+    y: (M, N) out, or None to write the output into x (in place; see ``_out``); mean, rstd:
+    (M,) out or None; x: (M, N); w, b: (N,) or None.
     """
     t = x.dtype.type
     i = lo
-    if stream:
-        i = _forward_rows_stream(y, mean, rstd, x, w, b, eps, center, lo, hi)
+    if stream:  # (intrinsics, which need no y None to vectorize in place)
+        i = _forward_rows_stream(_out(y, x), mean, rstd, x, w, b, eps, center, lo, hi)
     if i == lo and block and x.shape[1] * x.itemsize > FUSE_MIN_ROW_BYTES:
         i = _forward_rows_fused(y, mean, rstd, x, w, b, eps, center, lo, hi)
     if block:
         while i + 4 <= hi:
             x0, c, r = _stats4(x[i : i + 4], eps, center)
             rows4_forward(
-                y[i : i + 4], x[i : i + 4], w, b, x0,
+                _rows4(y, i), x[i : i + 4], w, b, x0,
                 (t(c[0] * r[0]), t(c[1] * r[1]), t(c[2] * r[2]), t(c[3] * r[3])),
                 (t(r[0]), t(r[1]), t(r[2]), t(r[3])),
             )  # fmt: skip
@@ -1267,25 +1309,27 @@ def entry_point(dispatcher, args):
     return dispatcher.overloads[sig].entry_point
 
 
-# Serial forward entry points by (dtype, mean is None, rstd is None, w is None, b is None): with
-# every array C-contiguous of x's dtype (the callers' contract), that key fixes the signature.
-# ``lnnumba.norm`` calls the entries without statistics directly for small inputs.
+# Serial forward entry points by (dtype, y is None, mean is None, rstd is None, w is None,
+# b is None): with every array C-contiguous of x's dtype (the callers' contract), that key fixes
+# the signature. ``lnnumba.norm`` calls the entries without statistics directly for small inputs.
 forward_entries = {}
 
 
 def forward(y, mean, rstd, x, w, b, eps, center):
     """Layer norm (``center=True``) or RMSNorm forward over rows, serial or parallel by size.
 
-    y: (M, N) out; mean, rstd: (M,) out or None; x: (M, N); w, b: (N,) or None; all C-contiguous
-    float32 or float64 of one dtype; eps: float.
+    y: (M, N) out, x's own memory (in place) or memory that x does not share; mean, rstd: (M,)
+    out or None; x: (M, N); w, b: (N,) or None; all C-contiguous float32 or float64 of one
+    dtype; eps: float.
     """
+    if y is x or np.may_share_memory(y, x):
+        y = None  # in place: the kernels write x (see ``_out``)
     if x.size < PARALLEL_MIN_ELEMENTS:
-        f = forward_entries.get((x.dtype, mean is None, rstd is None, w is None, b is None))
+        key = (x.dtype, y is None, mean is None, rstd is None, w is None, b is None)
+        f = forward_entries.get(key)
         if f is None:
             args = (y, mean, rstd, x, w, b, eps, center, False, False, 1)
-            f = forward_entries[(x.dtype, mean is None, rstd is None, w is None, b is None)] = (
-                entry_point(forward_serial, args)
-            )
+            f = forward_entries[key] = entry_point(forward_serial, args)
         f(y, mean, rstd, x, w, b, eps, center, False, False, 1)
         return
     block = x.nbytes > FORWARD_BLOCK_MIN_BYTES
