@@ -391,6 +391,7 @@ def test_small_input_short_path_equals_the_full_checks(rng, monkeypatch):
         "3-d x": (x[None], w, b, {}, False),
         "above serial size": (np.resize(x, (K.PARALLEL_MIN_ELEMENTS // 16, 16)), w, b, {}, False),
     }
+
     def fresh(xv, kw):
         """x and the keyword arguments of one call, out (if any) made anew for it."""
         if "out" not in kw:
