@@ -234,10 +234,11 @@ def _out(y, x):
     array as it is read, a routine's loop vectorizes as it does for a separate output; given
     the same memory as a second array, LLVM's run-time overlap check sends it to its scalar
     loop instead. Measured side by side on 2 cores, forward in place with y None against y
-    given as x: 2.9x faster at 64x1024 float32, 3.7x at 256x1024 and 8192x256, 3.5x at
-    4096x1024, 3.2x at 512x512 float64 (and then 1.2-1.6x faster than into a separate
-    array); the streamed passes (``_forward_rows_stream``), whose intrinsics need no
-    analysis, the same at 8192x4096. Resolved at compile time."""
+    given as x (two runs, the arrays swapped between them): 2.7-2.9x faster at 64x1024
+    float32, 3.7-4.1x at 256x1024, 3.6-3.7x at 8192x256, 3.5-4.2x at 4096x1024, 3.2x at
+    512x512 float64, and then 1.1-2x faster than into a separate array; the same at 8192x4096,
+    where the streamed passes (``_forward_rows_stream``), intrinsics, need no such analysis.
+    Resolved at compile time."""
     return x if y is None else y
 
 
