@@ -190,6 +190,7 @@ def bench_shape(M, N, dtype, rows, quick):
     w = (1 + 0.1 * rng.standard_normal(N)).astype(dtype)
     b = (0.1 * rng.standard_normal(N)).astype(dtype)
     y = np.empty_like(x)
+    z = x.copy()  # normalized in place, again and again (it stays normalized)
     dx = np.empty_like(x)
     nt = numba.get_num_threads()
     _, mean, rstd = lnnumba.layer_norm_forward(x, w, b)
@@ -197,6 +198,7 @@ def bench_shape(M, N, dtype, rows, quick):
     f = {
         "ln_fwd": lambda: lnnumba.layer_norm(x, w, b, out=y),
         "ln_fwd_alloc": lambda: lnnumba.layer_norm(x, w, b),
+        "ln_fwd_inplace": lambda: lnnumba.layer_norm(z, w, b, out=z),
         "ln_bwd": lambda: lnnumba.layer_norm_backward(dy, x, mean, rstd, w),
         "rms_fwd": lambda: lnnumba.rms_norm(x, w, out=y),
         "rms_fwd_alloc": lambda: lnnumba.rms_norm(x, w),
@@ -248,6 +250,7 @@ def bench_shape(M, N, dtype, rows, quick):
         "rms_fwd_vs_ln": t["ln_fwd"] / t["rms_fwd"],
         "rms_bwd_vs_ln": t["ln_bwd"] / t["rms_bwd"],
         "fwd_vs_numpy": t["numpy_fwd"] / t["ln_fwd_alloc"],
+        "in_place_vs_out": t["ln_fwd"] / t["ln_fwd_inplace"],
     }
     if torch is not None:
         r["fwd_vs_torch"] = t["torch_fwd"] / t["ln_fwd_alloc"]
@@ -272,6 +275,7 @@ COLUMNS = [
     ("rms_fwd_vs_ln", "{:.2f}"),
     ("rms_bwd_vs_ln", "{:.2f}"),
     ("rms_fwd_vs_torch", "{:.2f}"),
+    ("in_place_vs_out", "{:.2f}"),
 ]
 
 

@@ -23,6 +23,17 @@ GPU = HERE / "gpu.json"
 OUT = HERE.parent / "BENCHMARKS.md"
 
 
+def copy_probe_us():
+    """The machine's state: the fastest of several parallel copies of a 4096x1024 float32 array
+    (compare.py's roofline at that shape), in us."""
+    import numpy as np
+    from compare import best_times, copy_parallel
+
+    x = np.ones((4096, 1024), np.float32)
+    y = np.empty_like(x)
+    return best_times({"copy": lambda: copy_parallel(y, x)}, 0.04, 7)["copy"] * 1e6
+
+
 def collect(quick):
     import cells
     import char_lm_speed
@@ -30,8 +41,11 @@ def collect(quick):
     import serving
     import startup
 
+    before = copy_probe_us()
+    cpu = compare.run(quick)
+    cpu["info"]["copy_probe_us"] = [before, copy_probe_us()]
     data = {
-        "cpu": compare.run(quick),
+        "cpu": cpu,
         "cells": cells.run(quick),
         "char_lm": char_lm_speed.run(),
         "serving": serving.run(),
@@ -58,6 +72,17 @@ def _check(value, target, higher=True, fmt="{:.2f}"):
         return "n/a", "not measured"
     ok = value >= target if higher else value <= target
     return fmt.format(value), "yes" if ok else "**no**"
+
+
+def _probe(info):
+    """The sentence on the machine's state during the run of the CPU tables."""
+    p = info.get("copy_probe_us")
+    if not p:
+        return "This run did not record the machine's state."
+    return (
+        f"During this run that copy took {p[0]:.0f} us before the tables above and {p[1]:.0f} us"
+        " after them."
+    )
 
 
 def _stream_gains(rows):
@@ -165,7 +190,9 @@ time. Copy and triad are each timed with ordinary and with non-temporal stores, 
 counts (plain copy time / streaming copy time here: {_stream_gains(rows)}). `*_vs_*` = peer
 time / lnnumba time, > 1 when lnnumba is faster (forward through the public `layer_norm`,
 argument checks and allocation included; ONNX Runtime runs one LayerNormalization node);
-`rms_*_vs_ln` = LN time / RMSNorm time. The last two columns are lnnumba's own times.
+`rms_*_vs_ln` = LN time / RMSNorm time; `in_place_vs_out` = forward time into `out=` /
+time in place (`out=x`, which reads and writes one array). The last two columns are lnnumba's
+own times.
 
 {compare.table(rows)}
 
@@ -198,9 +225,10 @@ loops at each row's ends: backward 65536x64 2-3.8x faster, 4096x1024 1.0-1.3x; f
 131072x64 4.8x).
 
 This machine is shared and has, from run to run, a fast state (a 4096x1024 float32 copy in
-about 160 us) and a slow one (about 280-310 us); lnnumba's own times move less than the
-copy's, so its ratios to the roofline are higher in the slow state and its ratios to PyTorch
-in the fast one. Comparisons between commits are made side by side in one process.
+about 160 us) and slow ones (about 280-450 us: other load on the memory system); lnnumba's own
+times move less than the copy's and PyTorch's least, so lnnumba's ratios to the roofline are
+higher in a slow state and its ratios to PyTorch in the fast one. {_probe(info)}
+Comparisons between commits are made side by side in one process.
 
 ## CPU: start-up
 
