@@ -336,16 +336,20 @@ def _overlapping(v):
 
 @pytest.mark.filterwarnings("ignore::PendingDeprecationWarning")  # np.matrix
 def test_small_input_short_path_equals_the_full_checks(rng, monkeypatch):
-    """layer_norm / rms_norm of small 2-d arrays skip the general argument handling when every
-    argument is already in the kernels' form. Every variant gives exactly what the full checks
-    give (the same values, or the same error), and only the canonical ones take the short path
-    (which never calls the general forward driver)."""
+    """layer_norm / rms_norm of 2-d arrays up to ``_DIRECT_MAX_BYTES`` skip the general
+    argument handling when every argument is already in the kernels' form. Every variant gives
+    exactly what the full checks give (the same values, or the same error), and only the
+    canonical ones take the short path (which never calls ``_args.prepare``)."""
+    from lnnumba import _args
     from lnnumba import norm as P
 
     x = make(rng, (3, 16), np.float32)
     w, b = make(rng, 16, np.float32), make(rng, 16, np.float32)
     xd = x.astype(np.float64)
     wide = make(rng, (2, 32), np.float32)
+    big = np.resize(x, (K.PARALLEL_MIN_ELEMENTS // 16 + 3, 16))
+    huge = np.resize(x, (P._DIRECT_MAX_BYTES // 64 + 1, 16))
+    assert big.nbytes <= P._DIRECT_MAX_BYTES < huge.nbytes
     variants = {  # name: (x, weight, bias, keyword arguments, short path expected)
         "canonical": (x, w, b, {}, True),
         "float64": (xd, w.astype(np.float64), None, {}, True),
@@ -389,7 +393,15 @@ def test_small_input_short_path_equals_the_full_checks(rng, monkeypatch):
         "matrix x": (np.asmatrix(x), w, b, {}, False),
         "1-d x": (x[0], w, b, {}, False),
         "3-d x": (x[None], w, b, {}, False),
-        "above serial size": (np.resize(x, (K.PARALLEL_MIN_ELEMENTS // 16, 16)), w, b, {}, False),
+        # from the parallel kernel's sizes on, the short path calls cpu.norm.forward
+        "above serial size": (big, w, b, {}, True),
+        "above serial size, float64": (big.astype(np.float64), None, None, {}, True),
+        "above serial size, out": (big, w, b, {"out": lambda v: (v, np.empty_like(v))}, True),
+        "above serial size, out is x": (big, w, None, {"out": lambda v: (v, v)}, True),
+        "above serial size, out overlapping x": (big, w, b, {"out": _overlapping}, False),
+        "above serial size, big-endian": (big.astype(">f4"), None, None, {}, False),
+        "above serial size, float16": (big.astype(np.float16), None, None, {}, False),
+        "above the short path's size": (huge, w, b, {}, False),
     }
 
     def fresh(xv, kw):
@@ -407,13 +419,13 @@ def test_small_input_short_path_equals_the_full_checks(rng, monkeypatch):
             L.rms_norm(xs, wv, **kws)
 
     calls = []
-    forward = K.forward
+    prepare = _args.prepare
 
-    def counting_forward(*args):
+    def counting_prepare(*args):
         calls.append(1)
-        return forward(*args)
+        return prepare(*args)
 
-    monkeypatch.setattr(K, "forward", counting_forward)
+    monkeypatch.setattr(_args, "prepare", counting_prepare)
     for name, (xv, wv, bv, kw, ln_short) in variants.items():
         # rms_norm takes no bias, so a bad bias does not keep it off the short path
         rms_short = ln_short or name in ("strided bias", "2-d bias", "list bias")
