@@ -262,8 +262,8 @@ def test_forward_stream_seams_at_every_alignment(rng, dtype, lines):
 @pytest.mark.parametrize("lines", [1, 3])
 def test_backward_stream_seams_at_every_alignment(rng, dtype, lines):
     # the streamed backward (``_backward_rows_stream``) writes the line where one row ends and
-    # the next begins with both rows' constants, its dw/db terms gathered apart and folded into
-    # the columns at the end: every start of the rows within a line, ranges of rows that start
+    # the next begins with both rows' constants, its dw/db terms gathered in the lanes of a
+    # line of their own: every start of the rows within a line, ranges of rows that start
     # and end inside the array (the parallel chunks), with and without weight, LN and RMSNorm,
     # against the reference; the rows outside the range stay untouched
     tol = 2e-5 if dtype == np.float32 else 1e-12
@@ -302,6 +302,54 @@ def test_backward_stream_seams_at_every_alignment(rng, dtype, lines):
                     assert rel_err(dw, want[1]) < tol, case
                     if db is not None:
                         assert rel_err(db, want[2]) < tol, case
+    assert np.array_equal(x, x0) and np.array_equal(dy, dy0)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("long_rows", [False, True])
+def test_backward_stream_results_do_not_depend_on_where_dx_starts(rng, dtype, long_rows):
+    # the streamed backward gives the same bits wherever dx (with x and dy) starts within a
+    # line: one row at a time (with seam lines) the unstreamed pass's bits, dx, dw and db, also
+    # with accumulators that do not start at zero; in blocks of four (rows past
+    # STREAM_BLOCK_MIN_ROW_BYTES), whose dw/db sums add four rows' terms first, the same bits
+    # at every start. LN and RMSNorm, with and without weight, a range of rows inside the array
+    per_line = LINE_BYTES // np.dtype(dtype).itemsize
+    N = K.STREAM_BLOCK_MIN_ROW_BYTES // (2 * np.dtype(dtype).itemsize) + per_line
+    if not long_rows:
+        N = 3 * per_line
+    assert (2 * N * np.dtype(dtype).itemsize > K.STREAM_BLOCK_MIN_ROW_BYTES) == long_rows
+    M, lo, hi = 11, 1, 10
+    x0 = (3 + make(rng, (M, N), dtype)).astype(dtype)
+    dy0 = make(rng, (M, N), dtype)
+    _, m, r = R.layer_norm_forward(x0)
+    m, r = m.ravel().astype(dtype), r.ravel().astype(dtype)
+    _, rq = R.rms_norm_forward(x0)
+    rq = rq.ravel().astype(dtype)
+    acc0 = make(rng, N, dtype)
+    first = {}
+    for off in range(per_line):
+        x, dy = at_offset((M, N), dtype, off), at_offset((M, N), dtype, off)
+        x[:], dy[:] = x0, dy0
+        for w in (make(rng, N, dtype) if off == 0 else first["w"], None):
+            first.setdefault("w", w)
+            for mean, rstd in [(m, r), (None, rq)]:
+                got = []
+                for stream in (True, False):
+                    dx = at_offset((M, N), dtype, off)
+                    dw = acc0.copy()
+                    db = None if mean is None else acc0.copy()
+                    K._backward_rows(dx, dw, db, dy, x, mean, rstd, w, stream, lo, hi)
+                    assert np.isnan(dx[:lo]).all() and np.isnan(dx[hi:]).all()
+                    got.append((dx[lo:hi], dw, db))
+                case = (off, w is None, mean is None)
+                streamed, lines = got
+                if long_rows:  # blocks of four: the bits of the first start
+                    want = first.setdefault(case[1:], streamed)
+                else:
+                    want = lines
+                for a, b in zip(streamed, want):
+                    if a is not None:
+                        np.testing.assert_array_equal(a, b, err_msg=str(case))
     assert np.array_equal(x, x0) and np.array_equal(dy, dy0)
 
 

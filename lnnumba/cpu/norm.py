@@ -521,31 +521,6 @@ def _col4_terms(dy, x, w, m, j):
     return u0, u1, u2, u3, v0, v1, v2, v3
 
 
-@njit(inline="always")
-def _col4_grads(dx, dw_acc, db_acc, dy, w, j, h0, h1, h2, h3, r, a, bb):
-    """Column j of four rows' second pass, given their xhat values h0..h3: dx written, dw and db
-    accumulated once for the four rows (arguments as ``rows4_backward_range``). Inlined into its
-    callers' loops, which it shares."""
-    g0 = dy[0, j]
-    g1 = dy[1, j]
-    g2 = dy[2, j]
-    g3 = dy[3, j]
-    gw0, gw1, gw2, gw3 = g0, g1, g2, g3
-    if w is not None:
-        wj = w[j]
-        gw0 = g0 * wj
-        gw1 = g1 * wj
-        gw2 = g2 * wj
-        gw3 = g3 * wj
-    dw_acc[j] += (g0 * h0 + g1 * h1) + (g2 * h2 + g3 * h3)
-    if db_acc is not None:
-        db_acc[j] += (g0 + g1) + (g2 + g3)
-    dx[0, j] = r[0] * (gw0 - a[0] - h0 * bb[0])
-    dx[1, j] = r[1] * (gw1 - a[1] - h1 * bb[1])
-    dx[2, j] = r[2] * (gw2 - a[2] - h2 * bb[2])
-    dx[3, j] = r[3] * (gw3 - a[3] - h3 * bb[3])
-
-
 @njit(**_jit_reduce)
 def rows4_backward_sums(dy, x, w, m):
     """``row_backward_sums`` of four rows at once. dy, x: (4, N); w: (N,) or None; m: 4-tuple of
@@ -936,7 +911,7 @@ def _means4(mean, i, t):
 @njit(**_jit)
 def _coefs4(n, rstd, i, sums, center, t):
     """The second-pass constants of rows i..i+3 from their ``rows4_backward_sums``:
-    (c, cr, r, a, bb), 4-tuples of dtype t (see ``rows4_backward_range``)."""
+    (c, cr, r, a, bb), 4-tuples of dtype t (see ``store_lines_backward``)."""
     s_e, s_g, s_ge = sums
     r0, r1, r2, r3 = rstd[i] * 1.0, rstd[i + 1] * 1.0, rstd[i + 2] * 1.0, rstd[i + 3] * 1.0
     c0, a0, b0 = backward_coefs(n, r0, s_e[0], s_g[0], s_ge[0], center)
@@ -952,29 +927,6 @@ def _coefs4(n, rstd, i, sums, center, t):
     )
 
 
-@njit(inline="always", **_jit)
-def rows4_backward_range(dx, dw_acc, db_acc, dy, x, w, m, cr, r, a, bb, j0, j1):
-    """Columns j0..j1-1 of four rows' second backward pass (``rows4_backward`` on those
-    columns, see ``_cols``). Arguments as ``rows4_backward``."""
-    rows4_backward(dx[:, j0:j1], dw_acc[j0:j1], _cols(db_acc, j0, j1), dy[:, j0:j1],
-                   x[:, j0:j1], _cols(w, j0, j1), m, cr, r, a, bb)  # fmt: skip
-
-
-@njit(**_jit_elementwise)
-def rows4_backward(dx, dw_acc, db_acc, dy, x, w, m, cr, r, a, bb):
-    """Four rows' second backward pass, as ``store_lines_backward`` computes it but with
-    ordinary stores (xhat = (x - m) * r - cr), dw and db accumulated once for the four rows.
-    dx: (4, N) out; dw_acc: (N,) accumulator of x's dtype; db_acc: (N,) accumulator or None;
-    dy, x: (4, N); w: (N,) or None; m, cr, r, a, bb: 4-tuples of the rows' saved means and
-    second-pass constants in x's dtype (``_coefs4``)."""
-    for j in range(x.shape[1]):
-        h0 = (x[0, j] - m[0]) * r[0] - cr[0]
-        h1 = (x[1, j] - m[1]) * r[1] - cr[1]
-        h2 = (x[2, j] - m[2]) * r[2] - cr[2]
-        h3 = (x[3, j] - m[3]) * r[3] - cr[3]
-        _col4_grads(dx, dw_acc, db_acc, dy, w, j, h0, h1, h2, h3, r, a, bb)
-
-
 @njit(**_jit)
 def _backward_blocks_stream(dx, dw_acc, db_acc, dy, x, mean, rstd, w, h, e, lo, hi):
     """Rows lo..hi-1 of ``_backward_rows_stream`` in blocks of four; returns the first row not
@@ -984,8 +936,10 @@ def _backward_blocks_stream(dx, dw_acc, db_acc, dy, x, mean, rstd, w, h, e, lo, 
     line of each row at a time, in vector registers (``store_lines_backward``), while the same
     lines of the next block's x and dy are prefetched: the memory system reads the next block
     while this one is written, and the next first pass finds its rows in the cache. Columns
-    h..e-1 of every row are whole cache lines (``_row_lines``); the others take ordinary stores
-    (``rows4_backward_range``).
+    h..e-1 of every row are whole cache lines (``_row_lines``); the others are taken as the
+    whole lines from column 0 and to column n - 1, with ordinary stores
+    (``line_backward_masked``), in the aligned lines' arithmetic: dx and the dw/db sums do not
+    depend on where dx starts within a line.
     """
     t = x.dtype.type
     center = mean is not None
@@ -999,9 +953,12 @@ def _backward_blocks_stream(dx, dw_acc, db_acc, dy, x, mean, rstd, w, h, e, lo, 
         m = _means4(mean, i, t)
         sums = rows4_backward_sums(dy[i : i + 4], x[i : i + 4], w, m)
         c, cr, r, a, bb = _coefs4(n, rstd, i, sums, center, t)
-        dx4, dy4, x4 = dx[i : i + 4], dy[i : i + 4], x[i : i + 4]
-        rows4_backward_range(dx4, dw_acc, db_acc, dy4, x4, w, m, cr, r, a, bb, 0, h)
-        rows4_backward_range(dx4, dw_acc, db_acc, dy4, x4, w, m, cr, r, a, bb, e, n)
+        if h > 0:  # columns 0..h-1: the line from column 0 of each row
+            line_backward_masked(dxf, dw_acc, db_acc, dyf, xf, w, i * n, n, 0,
+                                 m, cr, r, a, bb, 0, h)  # fmt: skip
+        if e < n:  # columns e..n-1: the line ending at column n - 1
+            line_backward_masked(dxf, dw_acc, db_acc, dyf, xf, w, i * n + n - L, n, n - L,
+                                 m, cr, r, a, bb, e - (n - L), L)  # fmt: skip
         ahead = i + 8 <= hi
         for j in range(h, e, L):
             k = i * n + j
@@ -1073,8 +1030,18 @@ def _backward_rows_stream(dx, dw_acc, db_acc, dy, x, mean, rstd, w, lo, hi):
     seam_db = np.zeros(L, x.dtype)  # also without a bias gradient: one type for all calls
     ahead = max(1, STREAM_PREFETCH_BYTES // (2 * n * x.itemsize)) * n  # elements, in each
     end = xf.shape[0]  # the next rows are usually the same thread's next chunk
+    # Each seam column's dw/db terms add up in its seam lane (lane q: column e + q, or q - s of
+    # the next row) in row order, after the column's incoming value, with each term fused
+    # into the sum as on the unstreamed path (``_backward_rows_lines``), whose sums these then
+    # equal bit for bit wherever dx starts within a line: the first row's columns 0..h-1 are
+    # added to the columns' accumulators, which then move to the lanes, and move back before
+    # the last row's e..n-1 are added.
     m, cr, rt, at, bt = _row_line_coefs(dy, x, w, mean, rstd, lo)
-    row_backward_range(dx[lo], dw_acc, db_acc, dy[lo], x[lo], w, m, cr, rt, at, bt, 0, h)
+    if s > 0:  # columns 0..h-1 of the first row: the line from column 0, as the lines path
+        line_backward_masked(
+            dxf, dw_acc, db_acc, dyf, xf, w, lo * n, n, 0, (m,), (cr,), (rt,), (at,), (bt,), 0, h
+        )
+        _swap_seam(dw_acc, db_acc, seam_dw, seam_db, e, s)
     for i in range(lo, hi):
         for j in range(h, e, L):
             k = i * n + j
@@ -1085,19 +1052,35 @@ def _backward_rows_stream(dx, dw_acc, db_acc, dy, x, mean, rstd, w, lo, hi):
                 prefetch_l1(xf, k + ahead)
                 prefetch_l1(dyf, k + ahead)
         if i + 1 == hi:
-            row_backward_range(dx[i], dw_acc, db_acc, dy[i], x[i], w, m, cr, rt, at, bt, e, n)
             break
         m2, cr2, rt2, at2, bt2 = _row_line_coefs(dy, x, w, mean, rstd, i + 1)
-        if s > 0:
+        if s > 0 and w is None:  # no weight line: one of ones would change the arithmetic
+            # (dy * 1, then two products to fuse where a = 0, RMSNorm's)
+            store_seam_backward(dxf, seam_dw, seam_db, dyf, xf, None, i * n + e, n, 0,
+                                (m, m2), (cr, cr2), (rt, rt2), (at, at2), (bt, bt2), s)  # fmt: skip
+        elif s > 0:
             store_seam_backward(dxf, seam_dw, seam_db, dyf, xf, seam_w, i * n + e, n, 0,
                                 (m, m2), (cr, cr2), (rt, rt2), (at, at2), (bt, bt2), s)  # fmt: skip
         m, cr, rt, at, bt = m2, cr2, rt2, at2, bt2
-    for q in range(L if s > 0 else 0):  # seam lane q: column e + q, or q - s of the next row
-        c = e + q if q < s else q - s
-        dw_acc[c] += seam_dw[q]
-        if db_acc is not None:
-            db_acc[c] += seam_db[q]
+    if s > 0:  # columns e..n-1 of the last row: the line ending at column n - 1
+        _swap_seam(dw_acc, db_acc, seam_dw, seam_db, e, s)
+        line_backward_masked(
+            dxf, dw_acc, db_acc, dyf, xf, w, (hi - 1) * n + n - L, n, n - L,
+            (m,), (cr,), (rt,), (at,), (bt,), L - s, L,
+        )  # fmt: skip
     return hi
+
+
+@njit(inline="always", **_jit)
+def _swap_seam(dw_acc, db_acc, seam_dw, seam_db, e, s):
+    """Swaps the seam columns' accumulators with their seam lanes (``_backward_rows_stream``):
+    lane q holds column e + q for q < s, column q - s beyond. dw_acc, db_acc: (N,) (db_acc None:
+    no bias gradient); seam_dw, seam_db: (L,)."""
+    for q in range(seam_dw.shape[0]):
+        c = e + q if q < s else q - s
+        seam_dw[q], dw_acc[c] = dw_acc[c], seam_dw[q]
+        if db_acc is not None:
+            seam_db[q], db_acc[c] = db_acc[c], seam_db[q]
 
 
 @njit(**_jit)

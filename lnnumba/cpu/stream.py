@@ -235,8 +235,6 @@ def _lines_backward(name, nontemporal, masked, doc, seam=False):
         rows = m.count
         if not all(isinstance(t, types.UniTuple) and t.count == rows for t in (cr, r, a, bb)):
             return None
-        if masked and rows != 1:
-            return None
         if seam:  # one line, its lanes' constants from the two rows
             rows = 1
         sig = types.void(dx, dw_acc, db_acc, dy, x, w, k, n, j, m, cr, r, a, bb, *lanes)
@@ -339,7 +337,7 @@ h = (x - m) * r - cr and gw = dy * w, for rows q = 0..R-1 at k + q * n of the fl
     dx = r * (gw - a - h * bb)                      (non-temporal stores)
     dw_acc[j:j+L] += sum over q of dy * h,  db_acc[j:j+L] += sum over q of dy
 
-(the sums over four rows as ``(q0 + q1) + (q2 + q3)``, as ``rows4_backward_range``'s). dx, dy,
+(the sums over four rows as ``(q0 + q1) + (q2 + q3)``). dx, dy,
 x: 1-d C-contiguous, one float dtype; dw_acc: (N,) of it; db_acc, w: (N,) of it or None;
 k, n, j: the flat index of row 0's line, the row length, the line's column; m, cr, r, a, bb:
 R-tuples of the dtype, R = 1 or 4. &dx[k + q * n] must be LINE_BYTES-aligned. Contracts
@@ -359,13 +357,14 @@ line_backward_masked = _lines_backward(
     "line_backward_masked",
     False,
     True,
-    """``lines_backward`` for one row (1-tuples) whose dw/db terms count only in lanes
-q0..q1-1 of the line (two more arguments, q0 and q1): dx is written in every lane. For a
-row's first and last partial lines, taken as whole lines that overlap the row's aligned
-lines (``cpu.norm._backward_rows_lines``): the overlapping lanes' dx is written twice, the
-same value, and their dw/db terms are added once. Elements of a row before its line
-boundary are otherwise a scalar loop's work or a function call each, which cost a row of
-256 float32 more than its aligned lines saved.""",
+    """``lines_backward`` for one or four rows whose dw/db terms count only in lanes q0..q1-1
+of the line (two more arguments, q0 and q1): dx is written in every lane. For a row's first
+and last partial lines, taken as whole lines that overlap the row's aligned lines
+(``cpu.norm._backward_rows_lines``, and the streamed passes): the overlapping lanes' dx is
+written twice, the same value, and their dw/db terms are added once; every column then gets
+the aligned lines' arithmetic, wherever the rows start within a line. Elements of a row before
+its line boundary are otherwise a scalar loop's work or a function call each, which cost a row
+of 256 float32 more than its aligned lines saved.""",
 )
 
 
