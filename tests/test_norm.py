@@ -457,6 +457,93 @@ def test_small_input_short_path_equals_the_full_checks(rng, monkeypatch):
                     np.testing.assert_array_equal(a, c, err_msg=name)
 
 
+def test_small_backward_short_path_equals_the_full_checks(rng, monkeypatch):
+    """layer_norm_backward / rms_norm_backward of 2-d arrays up to ``_DIRECT_MAX_BYTES`` skip
+    the general argument handling when every argument is already in the kernels' form. Every
+    variant gives exactly what the full checks give (the same values, or the same error), and
+    only the canonical ones take the short path (which never calls ``_args.rows``)."""
+    from lnnumba import _args
+    from lnnumba import norm as P
+
+    def case(x, w=None):
+        """(dy, x, mean, rstd, rms_rstd, w) of a forward pass over x."""
+        _, m, r = L.layer_norm_forward(x, w)
+        return [make(rng, x.shape, x.dtype), x, m, r, L.rms_norm_forward(x, w)[1], w]
+
+    x = make(rng, (5, 16), np.float32)
+    w = make(rng, 16, np.float32)
+    base = case(x, w)
+    big = case(np.resize(x, (K.PARALLEL_MIN_ELEMENTS // 16 + 3, 16)), w)
+    huge = case(np.resize(x, (P._DIRECT_MAX_BYTES // 64 + 1, 16)), w)
+    assert big[1].nbytes <= P._DIRECT_MAX_BYTES < huge[1].nbytes
+
+    def changed(args, **kw):
+        names = ["dy", "x", "mean", "rstd", "rms_rstd", "w"]
+        return [kw.get(n, a) for n, a in zip(names, args)]
+
+    dy, _, m, r, rr, _ = base
+
+    def stats(f):
+        """base with f applied to its saved statistics."""
+        return changed(base, mean=f(m), rstd=f(r), rms_rstd=f(rr))
+
+    variants = {  # name: (dy, x, mean, rstd, rms_rstd, weight, axis, short path expected)
+        "canonical": (*base, -1, True),
+        "no weight": (*changed(base, w=None), -1, True),
+        "float64": (*case(x.astype(np.float64), w.astype(np.float64)), -1, True),
+        "above serial size": (*big, -1, True),
+        "above the short path's size": (*huge, -1, False),
+        "axis 1": (*base, 1, False),
+        "strided dy": (*changed(base, dy=np.repeat(dy, 2, axis=1)[:, ::2]), -1, False),
+        "fortran x": (*changed(base, x=np.asfortranarray(x)), -1, False),
+        "3-d x": (
+            *changed(base, x=x[None], dy=dy[None], mean=m[None], rstd=r[None], rms_rstd=rr[None]),
+            -1,
+            False,
+        ),
+        "strided stats": (*stats(lambda a: np.repeat(a, 2, axis=1)[:, :1]), -1, False),
+        "1-d stats": (*stats(np.ravel), -1, False),
+        "float64 stats": (*stats(lambda a: a.astype(np.float64)), -1, False),
+        "float64 dy": (*changed(base, dy=dy.astype(np.float64)), -1, False),
+        "short weight": (*changed(base, w=w[:8]), -1, False),
+        "strided weight": (*changed(base, w=np.repeat(w, 2)[::2]), -1, False),
+        "list dy": (*changed(base, dy=dy.tolist()), -1, False),
+        "float16": (*case(x.astype(np.float16), w.astype(np.float16)), -1, False),
+    }
+    calls = []
+    rows = _args.rows
+
+    def counting_rows(*args):
+        calls.append(1)
+        return rows(*args)
+
+    monkeypatch.setattr(_args, "rows", counting_rows)
+    for name, (dyv, xv, mv, rv, rrv, wv, axis, short) in variants.items():
+        for fn, args in [
+            (L.layer_norm_backward, (dyv, xv, mv, rv, wv)),
+            (L.rms_norm_backward, (dyv, xv, rrv, wv)),
+        ]:
+            before = [np.array(a, copy=True) if a is not None else None for a in args]
+            calls.clear()
+            got = _outcome(fn, args, {"axis": axis})
+            took_short = got[0] == "ok" and not calls
+            with monkeypatch.context() as mp:
+                mp.setattr(P, "_small_backward", lambda *a: None)
+                want = _outcome(fn, args, {"axis": axis})
+            assert got[0] == want[0], (name, fn.__name__)
+            if got[0] == "ok":
+                assert len(got[1]) == len(want[1]), name
+                for a, b_ in zip(got[1], want[1]):
+                    assert type(a) is type(b_) and a.dtype == b_.dtype and a.shape == b_.shape
+                    np.testing.assert_array_equal(a, b_, err_msg=name)
+            else:
+                assert got[1:] == want[1:], (name, fn.__name__)
+            assert took_short == short, (name, fn.__name__)
+            for a, c in zip(args, before):
+                if a is not None:
+                    np.testing.assert_array_equal(a, c, err_msg=name)
+
+
 def test_inputs_are_never_modified(rng):
     x = make(rng, (4, 9), np.float32)
     w, b, dy = make(rng, 9, np.float32), make(rng, 9, np.float32), make(rng, (4, 9), np.float32)
