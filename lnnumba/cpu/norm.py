@@ -1006,9 +1006,11 @@ def _backward_rows_stream(dx, dw_acc, db_acc, dy, x, mean, rstd, w, lo, hi):
     start part-way through a line (NumPy's large arrays start 16 bytes past one), the line
     holding one row's last columns and the next row's first goes after the next row's first
     pass, with both rows' constants (``store_seam_backward``), so every line from the first
-    row's first line boundary to the last row's last one is streamed whole; its dw/db terms
-    gather in a line of their own, added to the columns' at the end. Longer rows go in blocks
-    of four (``_backward_blocks_stream``), which then leaves fewer than four rows undone.
+    row's first line boundary to the last row's last one is streamed whole; its columns'
+    accumulators sit in a line of their own meanwhile, so that every column's terms still add
+    up in row order: dx, dw and db are the unstreamed pass's (``_backward_rows_lines``) bit for
+    bit, wherever dx starts within a line. Longer rows go in blocks of four
+    (``_backward_blocks_stream``), which then leaves fewer than four rows undone.
 
     Arguments as ``_backward_rows``. As in ``_forward_rows_stream``, dx's rows must all start at
     the same place within a cache line, else no row is done (returns lo).
