@@ -1162,7 +1162,12 @@ def n_chunks(M):
 def _sum_partials(dw, part):
     """dw[j] = sum over c of part[c, j], in chunk order, added in float64.
 
-    dw: (N,) out; part: (C, N) partial sums of one chunk each."""
+    dw: (N,) out; part: (C, N) partial sums of one chunk each. One chunk (inputs of fewer
+    than 2 * ``_CHUNK_ROWS`` rows) is copied: its float64 sum would round back to itself."""
+    if part.shape[0] == 1:
+        for j in range(part.shape[1]):
+            dw[j] = part[0, j]
+        return
     acc = np.zeros(part.shape[1])
     for c in range(part.shape[0]):
         for j in range(part.shape[1]):
