@@ -90,6 +90,9 @@ def layer_norm_forward(x, weight=None, bias=None, *, eps=1e-5, axis=-1):
     dimensions kept as size 1, as ONNX's Mean/InvStdDev), float32 for float16/float32 x, else
     float64. Raises as ``layer_norm``.
     """
+    stats = _small_stats(x, weight, bias, eps, axis, True)
+    if stats is not None:
+        return stats
     fn = "layer_norm_forward"
     if type(x) is not np.ndarray and _args.is_device(x):
         return _gpu().forward(fn, x, weight, bias, eps, axis, None, True, True)
@@ -173,6 +176,9 @@ def rms_norm_forward(x, weight=None, *, eps=1e-6, axis=-1):
 
     Returns ``(y, rstd)``, shapes and dtypes as ``layer_norm_forward``. Raises as ``layer_norm``.
     """
+    stats = _small_stats(x, weight, None, eps, axis, False)
+    if stats is not None:
+        return stats
     fn = "rms_norm_forward"
     if type(x) is not np.ndarray and _args.is_device(x):
         return _gpu().forward(fn, x, weight, None, eps, axis, None, False, True)
@@ -208,21 +214,11 @@ def rms_norm_backward(dy, x, rstd, weight=None, *, axis=-1):
     return _shaped(dx2, shape, rdt), _shaped(dw, shape[axis:], rdt)
 
 
-def _small(x, w, b, eps, axis, out, center):
-    """``layer_norm`` (center) or ``rms_norm`` of a 2-d ndarray x of up to
-    ``_DIRECT_MAX_BYTES`` over its last axis: y, or None unless every argument is already in
-    the kernels' form (x C-contiguous float32/float64 with a nonzero row length N; w and b None
-    or C-contiguous 1-d ndarrays of length N and x's dtype; eps a finite float >= 0; out None,
-    or a writeable C-contiguous ndarray of x's shape and dtype that is x itself or shares no
-    memory with it) and, for the serial kernel's sizes, its entry point is compiled. The caller
-    then runs the full checks, which raise for bad arguments.
-
-    At batch 1 the checks are most of a call's cost; these are the fewest that prove the
-    arguments valid, and the serial kernel's entry point is called without Numba's type
-    dispatch. Larger inputs go straight to ``cpu.norm.forward`` (serial or parallel), skipping
-    the full checks: measured side by side on 2 cores, float32, 0.5-0.6 us less a call,
-    1.04-1.07x faster from 64x1024 to 256x1024 and 64x4096.
-    """
+def _canonical(x, w, b, eps, axis):
+    """Whether the forward's arguments are already in the kernels' form: x a 2-d C-contiguous
+    float32/float64 ndarray of up to ``_DIRECT_MAX_BYTES`` with a nonzero row length N,
+    normalized over its last axis; w and b None or C-contiguous 1-d ndarrays of length N and
+    x's dtype; eps a finite float >= 0. The fewest checks that prove them valid."""
     if not (
         type(x) is _ndarray
         and x.ndim == 2
@@ -230,11 +226,12 @@ def _small(x, w, b, eps, axis, out, center):
         and axis == -1
         and x.nbytes <= _DIRECT_MAX_BYTES
     ):
-        return None
+        return False
     dt = x.dtype
     N = x.shape[1]
-    if (
-        N
+    return bool(
+        (dt is _FLOAT32 or dt is _FLOAT64)  # (dtype objects are NumPy's singletons)
+        and N
         and (
             w is None
             or (
@@ -258,11 +255,29 @@ def _small(x, w, b, eps, axis, out, center):
         and type(eps) is float
         and 0.0 <= eps <= _FLOAT_MAX
         and x.flags.c_contiguous
+    )
+
+
+def _small(x, w, b, eps, axis, out, center):
+    """``layer_norm`` (center) or ``rms_norm`` of x over its last axis: y, or None unless every
+    argument is already in the kernels' form (``_canonical``; out None, or a writeable
+    C-contiguous ndarray of x's shape and dtype that is x itself or shares no memory with it)
+    and, for the serial kernel's sizes, its entry point is compiled. The caller then runs the
+    full checks, which raise for bad arguments.
+
+    At batch 1 the checks are most of a call's cost; these are the fewest that prove the
+    arguments valid, and the serial kernel's entry point is called without Numba's type
+    dispatch. Larger inputs go straight to ``cpu.norm.forward`` (serial or parallel), skipping
+    the full checks: measured side by side on 2 cores, float32, 0.5-0.6 us less a call,
+    1.04-1.07x faster from 64x1024 to 256x1024 and 64x4096.
+    """
+    if not (
+        _canonical(x, w, b, eps, axis)
         and (
             out is None
             or (
                 type(out) is _ndarray
-                and out.dtype is dt
+                and out.dtype is x.dtype
                 and out.shape == x.shape
                 and out.flags.c_contiguous
                 and out.flags.writeable
@@ -270,19 +285,37 @@ def _small(x, w, b, eps, axis, out, center):
             )
         )
     ):
-        inplace = out is x
-        if x.size >= _SMALL:
-            if dt is _FLOAT32 or dt is _FLOAT64:  # (dtype objects are NumPy's singletons)
-                y = np.empty((x.shape[0], N), dt) if out is None else out
-                _cpu.forward(y, None, None, x, w, b, eps, center)
-                return y
-            return None
-        f = _cpu.forward_entries.get((dt, inplace, True, True, w is None, b is None))
-        if f is not None:  # (only float32/float64 entries are ever made)
-            y = np.empty((x.shape[0], N), dt) if out is None else out
-            f(None if inplace else y, None, None, x, w, b, eps, center, False, False, 1)
-            return y
-    return None
+        return None
+    dt = x.dtype
+    if x.size >= _SMALL:
+        y = np.empty(x.shape, dt) if out is None else out
+        _cpu.forward(y, None, None, x, w, b, eps, center)
+        return y
+    inplace = out is x
+    f = _cpu.forward_entries.get((dt, inplace, True, True, w is None, b is None))
+    if f is None:
+        return None
+    y = np.empty(x.shape, dt) if out is None else out
+    f(None if inplace else y, None, None, x, w, b, eps, center, False, False, 1)
+    return y
+
+
+def _small_stats(x, w, b, eps, axis, center):
+    """``layer_norm_forward`` (center: (y, mean, rstd)) or ``rms_norm_forward`` ((y, rstd)),
+    or None unless every argument is already in the kernels' form (``_canonical``). The full
+    checks and their reshaping cost about 1.5 us, half of a batch-1 call."""
+    if not _canonical(x, w, b, eps, axis):
+        return None
+    M = x.shape[0]
+    dt = x.dtype
+    y = np.empty(x.shape, dt)
+    rstd = np.empty(M, dt)
+    if not center:
+        _cpu.forward(y, None, rstd, x, w, None, eps, False)
+        return y, rstd.reshape(M, 1)
+    mean = np.empty(M, dt)
+    _cpu.forward(y, mean, rstd, x, w, b, eps, True)
+    return y, mean.reshape(M, 1), rstd.reshape(M, 1)
 
 
 def _small_backward(dy, x, mean, rstd, w, axis):

@@ -336,10 +336,11 @@ def _overlapping(v):
 
 @pytest.mark.filterwarnings("ignore::PendingDeprecationWarning")  # np.matrix
 def test_small_input_short_path_equals_the_full_checks(rng, monkeypatch):
-    """layer_norm / rms_norm of 2-d arrays up to ``_DIRECT_MAX_BYTES`` skip the general
-    argument handling when every argument is already in the kernels' form. Every variant gives
-    exactly what the full checks give (the same values, or the same error), and only the
-    canonical ones take the short path (which never calls ``_args.prepare``)."""
+    """layer_norm / rms_norm (and their _forward versions, which also return the statistics)
+    of 2-d arrays up to ``_DIRECT_MAX_BYTES`` skip the general argument handling when every
+    argument is already in the kernels' form. Every variant gives exactly what the full checks
+    give (the same values, or the same error), and only the canonical ones take the short path
+    (which never calls ``_args.prepare``)."""
     from lnnumba import _args
     from lnnumba import norm as P
 
@@ -429,10 +430,16 @@ def test_small_input_short_path_equals_the_full_checks(rng, monkeypatch):
     for name, (xv, wv, bv, kw, ln_short) in variants.items():
         # rms_norm takes no bias, so a bad bias does not keep it off the short path
         rms_short = ln_short or name in ("strided bias", "2-d bias", "list bias")
-        for fn, args, short in [
+        calls_ = [
             (L.layer_norm, (xv, wv, bv), ln_short),
             (L.rms_norm, (xv, wv), rms_short),
-        ]:
+        ]
+        if "out" not in kw:  # the forward passes that also return the statistics
+            calls_ += [
+                (L.layer_norm_forward, (xv, wv, bv), ln_short),
+                (L.rms_norm_forward, (xv, wv), rms_short),
+            ]
+        for fn, args, short in calls_:
             xs, kws = fresh(xv, kw)
             args = (xs,) + args[1:]
             before = [np.array(a, copy=True) if a is not None else None for a in args]
@@ -444,14 +451,19 @@ def test_small_input_short_path_equals_the_full_checks(rng, monkeypatch):
             xs2, kws2 = fresh(xv, kw)
             with monkeypatch.context() as m:
                 m.setattr(P, "_small", lambda *a: None)
+                m.setattr(P, "_small_stats", lambda *a: None)
                 want = _outcome(fn, (xs2,) + args[1:], kws2)
             assert got[0] == want[0] and got[1:-1] == want[1:-1], name
             if got[0] == "ok":
-                assert type(got[1]) is type(want[1]) and got[1].dtype == want[1].dtype, name
-                np.testing.assert_array_equal(got[1], want[1], err_msg=name)
+                results = got[1] if type(got[1]) is tuple else (got[1],)
+                wanted = want[1] if type(want[1]) is tuple else (want[1],)
+                assert len(results) == len(wanted), name
+                for a, b_ in zip(results, wanted):
+                    assert type(a) is type(b_) and a.dtype == b_.dtype and a.shape == b_.shape
+                    np.testing.assert_array_equal(a, b_, err_msg=name)
             else:
                 assert got[2] == want[2], name
-            assert took_short == short, name
+            assert took_short == short, (name, fn.__name__)
             for a, c in zip(args[inplace:], before[inplace:]):
                 if a is not None:
                     np.testing.assert_array_equal(a, c, err_msg=name)
