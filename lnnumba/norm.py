@@ -328,22 +328,13 @@ def _small_backward(dy, x, mean, rstd, w, axis):
 
     The full checks cost about 3 us a call: at 64x1024 float32 a fifth of the call, at batch
     one most of it."""
-    if not (
-        type(x) is _ndarray
-        and x.ndim == 2
-        and type(axis) is int
-        and axis == -1
-        and x.nbytes <= _DIRECT_MAX_BYTES
-    ):
+    if not _canonical(x, w, None, 0.0, axis):  # x and w as the forward's
         return None
     dt = x.dtype
-    M, N = x.shape
+    M = x.shape[0]
     stat = (M, 1)
     if not (
-        (dt is _FLOAT32 or dt is _FLOAT64)
-        and N
-        and x.flags.c_contiguous
-        and type(dy) is _ndarray
+        type(dy) is _ndarray
         and dy.dtype is dt
         and dy.shape == x.shape
         and dy.flags.c_contiguous
@@ -360,24 +351,14 @@ def _small_backward(dy, x, mean, rstd, w, axis):
                 and mean.flags.c_contiguous
             )
         )
-        and (
-            w is None
-            or (
-                type(w) is _ndarray
-                and w.dtype is dt
-                and w.ndim == 1
-                and w.size == N
-                and w.flags.c_contiguous
-            )
-        )
     ):
         return None
-    dx = np.empty((M, N), dt)
-    dw = np.empty(N, dt)
+    dx = np.empty(x.shape, dt)
+    dw = np.empty(x.shape[1], dt)
     if mean is None:
         _cpu.backward(dx, dw, None, dy, x, None, rstd.reshape(M), w)
         return dx, dw
-    db = np.empty(N, dt)
+    db = np.empty(x.shape[1], dt)
     _cpu.backward(dx, dw, db, dy, x, mean.reshape(M), rstd.reshape(M), w)
     return dx, dw, db
 

@@ -321,6 +321,20 @@ def _outcome(fn, args, kw):
         return ("raises", type(e), str(e))
 
 
+def _count_calls(monkeypatch, module, name):
+    """A list that grows by one at each call of ``module.name`` (replaced by a counting
+    wrapper for the test's duration)."""
+    calls = []
+    f = getattr(module, name)
+
+    def counting(*args):
+        calls.append(1)
+        return f(*args)
+
+    monkeypatch.setattr(module, name, counting)
+    return calls
+
+
 def _read_only(a):
     a.flags.writeable = False
     return a
@@ -419,14 +433,7 @@ def test_small_input_short_path_equals_the_full_checks(rng, monkeypatch):
             xs, kws = fresh(xv, kw)
             L.rms_norm(xs, wv, **kws)
 
-    calls = []
-    prepare = _args.prepare
-
-    def counting_prepare(*args):
-        calls.append(1)
-        return prepare(*args)
-
-    monkeypatch.setattr(_args, "prepare", counting_prepare)
+    calls = _count_calls(monkeypatch, _args, "prepare")
     for name, (xv, wv, bv, kw, ln_short) in variants.items():
         # rms_norm takes no bias, so a bad bias does not keep it off the short path
         rms_short = ln_short or name in ("strided bias", "2-d bias", "list bias")
@@ -522,14 +529,7 @@ def test_small_backward_short_path_equals_the_full_checks(rng, monkeypatch):
         "list dy": (*changed(base, dy=dy.tolist()), -1, False),
         "float16": (*case(x.astype(np.float16), w.astype(np.float16)), -1, False),
     }
-    calls = []
-    rows = _args.rows
-
-    def counting_rows(*args):
-        calls.append(1)
-        return rows(*args)
-
-    monkeypatch.setattr(_args, "rows", counting_rows)
+    calls = _count_calls(monkeypatch, _args, "rows")
     for name, (dyv, xv, mv, rv, rrv, wv, axis, short) in variants.items():
         for fn, args in [
             (L.layer_norm_backward, (dyv, xv, mv, rv, wv)),
