@@ -306,6 +306,33 @@ def test_backward_stream_seams_at_every_alignment(rng, dtype, lines):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_forward_results_do_not_depend_on_where_the_arrays_start(rng, dtype):
+    # the forward gives the same bits, output and statistics, wherever x and y start within a
+    # line, streamed (seam lines, with and without weight and bias) or not, LN and RMSNorm
+    per_line = LINE_BYTES // np.dtype(dtype).itemsize
+    M, N, lo, hi = 11, 3 * per_line, 1, 10
+    x0 = (3 + make(rng, (M, N), dtype)).astype(dtype)
+    wb = [(make(rng, N, dtype), make(rng, N, dtype)), (None, None)]
+    first = {}
+    for off in range(per_line):
+        x = at_offset((M, N), dtype, off)
+        x[:] = x0
+        for k, (w, b) in enumerate(wb):
+            for center in (True, False):
+                for stream in (True, False):
+                    y = at_offset((M, N), dtype, off)
+                    mean = np.full(M, np.nan, dtype) if center else None
+                    rstd = np.full(M, np.nan, dtype)
+                    b_ = b if center else None
+                    K._forward_rows(y, mean, rstd, x, w, b_, 1e-5, center, False, stream, lo, hi)
+                    got = [y[lo:hi], rstd[lo:hi]] + ([mean[lo:hi]] if center else [])
+                    want = first.setdefault((k, center), got)
+                    for a, c in zip(got, want):
+                        np.testing.assert_array_equal(a, c, err_msg=str((off, k, center, stream)))
+    assert np.array_equal(x, x0)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("long_rows", [False, True])
 def test_backward_stream_results_do_not_depend_on_where_dx_starts(rng, dtype, long_rows):
     # the streamed backward gives the same bits wherever dx (with x and dy) starts within a
