@@ -23,10 +23,13 @@ saved dtype. Anything else (complex, object, strings, datetimes, long double) is
 
 import math
 import operator
+import sys
 
 import numpy as np
 
 _F16 = np.dtype(np.float16)
+_INF = math.inf
+_NDARRAY = np.ndarray  # (module globals: the fast path's checks run at every call)
 _F32 = np.dtype(np.float32)
 _F64 = np.dtype(np.float64)
 
@@ -180,6 +183,52 @@ def param(fn, name, p, shape, axis, cdt, rdt):
     return p.reshape(-1)
 
 
+def in_kernel_form(x, weight, bias, axis, eps=0.0, max_bytes=sys.maxsize):
+    """Whether x, weight, bias (and eps) are already in the kernels' form: x a 2-d C-contiguous
+    float32/float64 ndarray of at most ``max_bytes`` with a nonzero row length N, normalized
+    over its last axis (axis -1); weight and bias None or C-contiguous (N,) ndarrays of x's
+    dtype; eps a finite float >= 0. The fewest checks that prove them valid: the common case,
+    checked first, since at batch one the full checks are most of a call's cost (``prepare``,
+    and the public functions' short paths in ``lnnumba.norm``)."""
+    if not (
+        type(x) is _NDARRAY
+        and x.ndim == 2
+        and type(axis) is int
+        and axis == -1
+        and x.nbytes <= max_bytes
+    ):
+        return False
+    dt = x.dtype
+    N = x.shape[1]
+    return bool(
+        (dt is _F32 or dt is _F64)  # (dtype objects are NumPy's singletons)
+        and N
+        and (
+            weight is None
+            or (
+                type(weight) is _NDARRAY
+                and weight.dtype is dt
+                and weight.ndim == 1
+                and weight.size == N
+                and weight.flags.c_contiguous
+            )
+        )
+        and (
+            bias is None
+            or (
+                type(bias) is _NDARRAY
+                and bias.dtype is dt
+                and bias.ndim == 1
+                and bias.size == N
+                and bias.flags.c_contiguous
+            )
+        )
+        and type(eps) is float
+        and 0.0 <= eps < _INF
+        and x.flags.c_contiguous
+    )
+
+
 def prepare(fn, x, weight, bias, axis):
     """``rows`` and ``param`` for x, weight and bias at once, with a short path for the common
     case (C-contiguous float32/float64, 2-d x, axis=-1, matching 1-d parameters), where the
@@ -187,29 +236,8 @@ def prepare(fn, x, weight, bias, axis):
 
     Returns (x2, w, b, shape, axis, cdt, rdt) as ``rows`` and ``param`` do.
     """
-    if type(x) is np.ndarray and type(axis) is int and axis == -1:
-        dt = x.dtype
-        shape = x.shape
-        if (dt is _F32 or dt is _F64) and len(shape) == 2 and shape[1] and x.flags.c_contiguous:
-            wshape = shape[1:]
-            if (
-                weight is None
-                or (
-                    type(weight) is np.ndarray
-                    and weight.dtype is dt
-                    and weight.shape == wshape
-                    and weight.flags.c_contiguous
-                )
-            ) and (
-                bias is None
-                or (
-                    type(bias) is np.ndarray
-                    and bias.dtype is dt
-                    and bias.shape == wshape
-                    and bias.flags.c_contiguous
-                )
-            ):
-                return x, weight, bias, shape, 1, dt, dt
+    if in_kernel_form(x, weight, bias, axis):
+        return x, weight, bias, x.shape, 1, x.dtype, x.dtype
     x2, shape, axis, cdt, rdt = rows(fn, x, axis)
     w = param(fn, "weight", weight, shape, axis, cdt, rdt)
     b = param(fn, "bias", bias, shape, axis, cdt, rdt)

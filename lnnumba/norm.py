@@ -9,17 +9,13 @@ Semantics follow ONNX ``LayerNormalization`` / ``RMSNormalization`` (see ``lnnum
 for the executable specification and ``lnnumba._args`` for the dtype rules).
 """
 
-import sys
-
 import numpy as np
 
 from . import _args, _memory
 from .cpu import norm as _cpu
 
-_FLOAT_MAX = sys.float_info.max
 _ndarray = np.ndarray
-_FLOAT32 = np.dtype(np.float32)
-_FLOAT64 = np.dtype(np.float64)
+_in_kernel_form = _args.in_kernel_form
 _SMALL = _cpu.PARALLEL_MIN_ELEMENTS  # x.size below which the forward runs serially
 # The largest input (bytes) that ``_small`` takes: up to it the forward's output is a plain
 # ``np.empty`` (``_memory`` pools only larger ones) and no blocked or streamed pass applies.
@@ -214,53 +210,9 @@ def rms_norm_backward(dy, x, rstd, weight=None, *, axis=-1):
     return _shaped(dx2, shape, rdt), _shaped(dw, shape[axis:], rdt)
 
 
-def _canonical(x, w, b, eps, axis):
-    """Whether the forward's arguments are already in the kernels' form: x a 2-d C-contiguous
-    float32/float64 ndarray of up to ``_DIRECT_MAX_BYTES`` with a nonzero row length N,
-    normalized over its last axis; w and b None or C-contiguous 1-d ndarrays of length N and
-    x's dtype; eps a finite float >= 0. The fewest checks that prove them valid."""
-    if not (
-        type(x) is _ndarray
-        and x.ndim == 2
-        and type(axis) is int
-        and axis == -1
-        and x.nbytes <= _DIRECT_MAX_BYTES
-    ):
-        return False
-    dt = x.dtype
-    N = x.shape[1]
-    return bool(
-        (dt is _FLOAT32 or dt is _FLOAT64)  # (dtype objects are NumPy's singletons)
-        and N
-        and (
-            w is None
-            or (
-                type(w) is _ndarray
-                and w.dtype is dt
-                and w.ndim == 1
-                and w.size == N
-                and w.flags.c_contiguous
-            )
-        )
-        and (
-            b is None
-            or (
-                type(b) is _ndarray
-                and b.dtype is dt
-                and b.ndim == 1
-                and b.size == N
-                and b.flags.c_contiguous
-            )
-        )
-        and type(eps) is float
-        and 0.0 <= eps <= _FLOAT_MAX
-        and x.flags.c_contiguous
-    )
-
-
 def _small(x, w, b, eps, axis, out, center):
     """``layer_norm`` (center) or ``rms_norm`` of x over its last axis: y, or None unless every
-    argument is already in the kernels' form (``_canonical``; out None, or a writeable
+    argument is already in the kernels' form (``_args.in_kernel_form``; out None, or a writeable
     C-contiguous ndarray of x's shape and dtype that is x itself or shares no memory with it)
     and, for the serial kernel's sizes, its entry point is compiled. The caller then runs the
     full checks, which raise for bad arguments.
@@ -272,7 +224,7 @@ def _small(x, w, b, eps, axis, out, center):
     1.04-1.07x faster from 64x1024 to 256x1024 and 64x4096.
     """
     if not (
-        _canonical(x, w, b, eps, axis)
+        _in_kernel_form(x, w, b, axis, eps, _DIRECT_MAX_BYTES)
         and (
             out is None
             or (
@@ -302,9 +254,9 @@ def _small(x, w, b, eps, axis, out, center):
 
 def _small_stats(x, w, b, eps, axis, center):
     """``layer_norm_forward`` (center: (y, mean, rstd)) or ``rms_norm_forward`` ((y, rstd)),
-    or None unless every argument is already in the kernels' form (``_canonical``). The full
-    checks and their reshaping cost about 1.5 us, half of a batch-1 call."""
-    if not _canonical(x, w, b, eps, axis):
+    or None unless every argument is already in the kernels' form (``_args.in_kernel_form``).
+    The full checks and their reshaping cost about 1.5 us, half of a batch-1 call."""
+    if not _in_kernel_form(x, w, b, axis, eps, _DIRECT_MAX_BYTES):
         return None
     M = x.shape[0]
     dt = x.dtype
@@ -328,7 +280,7 @@ def _small_backward(dy, x, mean, rstd, w, axis):
 
     The full checks cost about 3 us a call: at 64x1024 float32 a fifth of the call, at batch
     one most of it."""
-    if not _canonical(x, w, None, 0.0, axis):  # x and w as the forward's
+    if not _in_kernel_form(x, w, None, axis, 0.0, _DIRECT_MAX_BYTES):  # x and w as forward's
         return None
     dt = x.dtype
     M = x.shape[0]
