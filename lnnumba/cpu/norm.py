@@ -752,6 +752,21 @@ def _seam_line(a, e, h, fill, like):
     return np.concatenate((a[e:], a[:h]))
 
 
+def _seam_weights(w, e, h, like):
+    """The backward's seam-line weights: ``_seam_line(w, e, h, 1.0, like)``, or None where w is
+    None. A line of ones would change the backward's arithmetic (dy * 1, then two products to
+    fuse where a = 0, as RMSNorm's is) against its unweighted lines; the forward's ones and
+    -0.0 are exact. Resolved at compile time."""
+    return None if w is None else _seam_line(w, e, h, 1.0, like)
+
+
+@overload(_seam_weights, inline="always")
+def _seam_weights_impl(w, e, h, like):
+    if isinstance(w, types.NoneType):
+        return lambda w, e, h, like: None
+    return lambda w, e, h, like: _seam_line(w, e, h, 1.0, like)
+
+
 @njit(**_jit)
 def _forward_rows_stream(y, mean, rstd, x, w, b, eps, center, lo, hi):
     """Rows lo..hi-1 of the forward pass with the output written with non-temporal stores;
@@ -1027,7 +1042,7 @@ def _backward_rows_stream(dx, dw_acc, db_acc, dy, x, mean, rstd, w, lo, hi):
     L = LINE_BYTES // x.itemsize
     s = n - e  # the columns of a row in the line it shares with the next (0: none)
     # the seam lines' weights (columns e..n-1, then 0..h-1) and dw/db terms, lane for lane
-    seam_w = _seam_line(w, e, h, 1.0, x)
+    seam_w = _seam_weights(w, e, h, x)
     seam_dw = np.zeros(L, x.dtype)
     seam_db = np.zeros(L, x.dtype)  # also without a bias gradient: one type for all calls
     ahead = max(1, STREAM_PREFETCH_BYTES // (2 * n * x.itemsize)) * n  # elements, in each
@@ -1056,11 +1071,7 @@ def _backward_rows_stream(dx, dw_acc, db_acc, dy, x, mean, rstd, w, lo, hi):
         if i + 1 == hi:
             break
         m2, cr2, rt2, at2, bt2 = _row_line_coefs(dy, x, w, mean, rstd, i + 1)
-        if s > 0 and w is None:  # no weight line: one of ones would change the arithmetic
-            # (dy * 1, then two products to fuse where a = 0, RMSNorm's)
-            store_seam_backward(dxf, seam_dw, seam_db, dyf, xf, None, i * n + e, n, 0,
-                                (m, m2), (cr, cr2), (rt, rt2), (at, at2), (bt, bt2), s)  # fmt: skip
-        elif s > 0:
+        if s > 0:
             store_seam_backward(dxf, seam_dw, seam_db, dyf, xf, seam_w, i * n + e, n, 0,
                                 (m, m2), (cr, cr2), (rt, rt2), (at, at2), (bt, bt2), s)  # fmt: skip
         m, cr, rt, at, bt = m2, cr2, rt2, at2, bt2
