@@ -12,6 +12,8 @@ def pytest_collection_modifyitems(config, items):
 
 def pytest_collection_finish(session):
     """Starts the simulator suite in the background once it is known to run (after selection)."""
+    if session.config.option.collectonly:
+        return
     for item in session.items:
         if item.name == SIMULATOR_TEST:
             item.module.start_suite()
