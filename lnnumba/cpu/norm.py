@@ -1331,8 +1331,8 @@ def forward(y, mean, rstd, x, w, b, eps, center):
 
 def forward_unaliased(y, mean, rstd, x, w, b, eps, center):
     """``forward`` with y None for in place, or memory that x does not share: for callers that
-    know which (a new array, or their own check), to whom the overlap test would cost about
-    0.2 us a call. Shapes and dtypes as ``forward``."""
+    know which (an output they just allocated, or their own check), to whom the overlap test
+    would cost about 0.2 us a call. Shapes and dtypes as ``forward``."""
     if x.size < PARALLEL_MIN_ELEMENTS:
         key = (x.dtype, y is None, mean is None, rstd is None, w is None, b is None)
         f = forward_entries.get(key)
