@@ -19,6 +19,11 @@ integer, bool           float64        float64      float64  (as np.mean)
 
 ``weight``, ``bias``, ``out`` and ``dy`` must have the result dtype; ``mean``/``rstd`` the
 saved dtype. Anything else (complex, object, strings, datetimes, long double) is a TypeError.
+Byte order does not matter: arrays of the other byte order (data read from a big-endian file,
+say) are converted to the machine's, as NumPy's own functions do, and results are in the
+machine's order (an ``out`` of the other order is written as such). A masked array with masked
+elements is a TypeError: no function here has a notion of masks, and dropping the mask would
+silently use the values under it.
 """
 
 import math
@@ -45,6 +50,8 @@ def dtypes(fn, name, dt):
         return _DTYPES[dt]
     except KeyError:
         pass
+    if not dt.isnative and dt.newbyteorder("=") in _DTYPES:  # the other byte order
+        return _DTYPES[dt.newbyteorder("=")]
     if dt.kind in "iub":
         return _F64, _F64
     raise TypeError(
@@ -60,11 +67,18 @@ def is_device(a):
 
 
 def as_array(fn, name, a):
-    """``a`` as an ndarray (array-likes such as lists are converted); TypeError otherwise."""
+    """``a`` as an ndarray in the machine's byte order (array-likes such as lists are converted;
+    arrays of the other byte order copied); TypeError for what is not an array of numbers, and
+    for a masked array with masked elements."""
     if type(a) is np.ndarray:
-        return a
+        return a if a.dtype.isnative else native(a)
     if isinstance(a, np.ndarray):
-        return np.asarray(a)  # subclasses (np.matrix, masked arrays) become plain arrays
+        if isinstance(a, np.ma.MaskedArray) and np.ma.is_masked(a):
+            raise TypeError(
+                f"{fn}: {name} is a masked array with masked elements, and masks are not "
+                "supported; pass a plain array, such as a.filled(value)"
+            )
+        return native(np.asarray(a))  # subclasses (np.matrix, masked arrays) become plain arrays
     if is_device(a):
         raise TypeError(
             f"{fn}: {name} is a GPU array ({type(a).__name__}) but x is a host array; pass "
@@ -79,7 +93,12 @@ def as_array(fn, name, a):
             f"{fn}: {name} must be a NumPy array of floats (or integers/bools), got "
             f"{type(a).__name__} converting to dtype {out.dtype}"
         )
-    return out
+    return native(out)
+
+
+def native(a):
+    """``a`` itself, or a copy in the machine's byte order where its dtype has the other one."""
+    return a if a.dtype.isnative else a.astype(a.dtype.newbyteorder("="))
 
 
 def norm_axis(fn, axis, ndim):
@@ -289,17 +308,23 @@ def out_rows(fn, out, x, shape, N, cdt, rdt):
 
     Returns (y2, direct): y2 the (M, N) rows the kernel writes; ``direct`` is False when y2 is a
     temporary whose values the caller must copy into ``out`` (``out`` not C-contiguous, of
-    another dtype than the compute dtype, or overlapping x other than exactly).
+    another dtype than the compute dtype or the other byte order, or overlapping x other than
+    exactly).
     """
     if type(out) is not np.ndarray:
         raise TypeError(f"{fn}: out must be a numpy.ndarray or None, got {type(out).__name__}")
     if out.shape != shape:
         raise ValueError(f"{fn}: out has shape {out.shape}, expected {shape} (the shape of x)")
-    if out.dtype != rdt:
+    if out.dtype.newbyteorder("=") != rdt:  # (either byte order: the copy below converts)
         raise TypeError(f"{fn}: out has dtype {out.dtype}, expected {rdt} (the result dtype)")
     if not out.flags.writeable:
         raise ValueError(f"{fn}: out is read-only; expected a writeable array")
-    if rdt is cdt and out.flags.c_contiguous and (out is x or not np.may_share_memory(out, x)):
+    if (
+        rdt is cdt
+        and out.dtype.isnative
+        and out.flags.c_contiguous
+        and (out is x or not np.may_share_memory(out, x))
+    ):
         return out.reshape(-1, N), True
     return np.empty((out.size // N, N), cdt), False
 

@@ -9,6 +9,8 @@ import zipfile
 
 import numpy as np
 
+from ._args import native
+
 HEADER = "__header__"
 
 
@@ -47,7 +49,8 @@ def write(path, arrays, header):
 
 
 def read(path, fn, what):
-    """(arrays, header) of a file written by ``write``; pickled content is refused.
+    """(arrays, header) of a file written by ``write``; pickled content is refused. The arrays
+    are in the machine's byte order (a file written on a machine of the other order is read).
 
     ValueError naming ``fn`` for a truncated, corrupted or header-less file (``what`` says what
     it should have been); FileNotFoundError if there is none."""
@@ -56,7 +59,7 @@ def read(path, fn, what):
         with open(path, "rb") as f:
             raw = f.read()
         with np.load(io.BytesIO(raw), allow_pickle=False) as z:
-            data = {k: z[k] for k in z.files}
+            data = {k: native(z[k]) for k in z.files}
     except FileNotFoundError:
         raise
     except (zipfile.BadZipFile, ValueError, EOFError, OSError, KeyError) as e:

@@ -406,6 +406,11 @@ def test_small_input_short_path_equals_the_full_checks(rng, monkeypatch):
         "float16": (x.astype(np.float16), w.astype(np.float16), None, {}, False),
         "int x": (np.arange(12).reshape(3, 4), None, None, {}, False),
         "matrix x": (np.asmatrix(x), w, b, {}, False),
+        "masked x, nothing masked": (np.ma.array(x), w, b, {}, False),
+        "big-endian x": (x.astype(">f4"), w, b, {}, False),
+        "big-endian weight": (x, w.astype(">f4"), b, {}, False),
+        "big-endian out": (x, w, b, {"out": lambda v: (v, np.empty(v.shape, ">f4"))}, False),
+        "big-endian out is x": (x.astype(">f4"), w, None, {"out": lambda v: (v, v)}, False),
         "1-d x": (x[0], w, b, {}, False),
         "3-d x": (x[None], w, b, {}, False),
         # from the parallel kernel's sizes on, the short path calls cpu.norm.forward
@@ -650,6 +655,55 @@ def test_eps_is_used(rng):
         np.testing.assert_allclose(
             L.rms_norm(x, eps=eps), R.rms_norm_forward(x, eps=float(eps))[0], rtol=1e-12
         )
+
+
+def test_either_byte_order_gives_the_same_bits(rng):
+    """Arrays of the other byte order (here big-endian, as read from some files) are taken as
+    NumPy takes them: converted, with results in the machine's order, or written to ``out`` in
+    its own order. Every public function, the modules and a cell give the native call's bits."""
+    swap = lambda a: a.astype(a.dtype.newbyteorder("S"))  # noqa: E731
+    x = make(rng, (5, 16), np.float32)
+    w, b = make(rng, 16, np.float32), make(rng, 16, np.float32)
+    xs, ws, bs = swap(x), swap(w), swap(b)
+    assert not xs.dtype.isnative and np.array_equal(xs, x)
+
+    def same(got, want):
+        for g, v in zip(got, want):
+            assert g.dtype.isnative and g.dtype == v.dtype
+            np.testing.assert_array_equal(g, v)
+
+    same([L.layer_norm(xs, ws, bs)], [L.layer_norm(x, w, b)])
+    same([L.rms_norm(xs, ws)], [L.rms_norm(x, w)])
+    fw = L.layer_norm_forward(x, w, b)
+    same(L.layer_norm_forward(xs, ws, bs), fw)
+    same(L.rms_norm_forward(xs, ws), L.rms_norm_forward(x, w))
+    dy = make(rng, (5, 16), np.float32)
+    same(L.layer_norm_backward(swap(dy), xs, *map(swap, fw[1:]), ws),
+         L.layer_norm_backward(dy, x, *fw[1:], w))  # fmt: skip
+    rr = L.rms_norm_forward(x, w)[1]
+    same(L.rms_norm_backward(swap(dy), xs, swap(rr), ws), L.rms_norm_backward(dy, x, rr, w))
+    h = make(rng, (3, 8), np.float16)
+    same([L.layer_norm(swap(h))], [L.layer_norm(h)])
+    xd = make(rng, (2, 3, 4), np.float64)
+    same([L.layer_norm(swap(xd), axis=1)], [L.layer_norm(xd, axis=1)])
+    # out of the other byte order keeps it; in place too
+    out = np.empty(x.shape, ">f4")
+    assert L.layer_norm(x, w, b, out=out) is out
+    np.testing.assert_array_equal(out, L.layer_norm(x, w, b))
+    xi = xs.copy()
+    assert L.rms_norm(xi, out=xi) is xi and xi.dtype == xs.dtype
+    np.testing.assert_array_equal(xi, L.rms_norm(x))
+    assert np.array_equal(xs, x) and np.array_equal(ws, w)  # inputs untouched
+    # the modules and the cells
+    m = L.LayerNorm(16)
+    y, cache = m.forward(xs)
+    same([y], [m.forward(x)[0]])
+    same([m.backward(swap(dy), cache)[0]], [m.backward(dy, m.forward(x)[1])[0]])
+    cell = L.LSTM(16, 4, seed=0)
+    seq = make(rng, (3, 5, 16), np.float32)
+    same([cell.forward(swap(seq))[0]], [cell.forward(seq)[0]])
+    st = cell.step(seq[0])
+    same(cell.step(swap(seq[1]), tuple(map(swap, st))), cell.step(seq[1], st))
 
 
 def test_array_likes_are_accepted():

@@ -56,6 +56,25 @@ def _rewrite_header(path, change):
     np.savez(path, **data)
 
 
+def test_model_file_of_the_other_byte_order_loads(tmp_path, rng):
+    """A model file whose arrays have the other byte order (as written on a big-endian machine)
+    loads into the same model, its arrays in the machine's order."""
+    model = L.LSTM(3, 4, seed=0)
+    path = tmp_path / "m.npz"
+    L.save_model(path, model)
+    with np.load(path, allow_pickle=False) as z:
+        data = {k: z[k] for k in z.files}
+    swapped = {k: v.astype(v.dtype.newbyteorder("S")) for k, v in data.items()}
+    assert not swapped["param/Wx"].dtype.isnative
+    np.savez(path, **swapped)
+    back = L.load_model(path)
+    for k, v in model.params.items():
+        assert back.params[k].dtype == v.dtype and back.params[k].dtype.isnative
+        np.testing.assert_array_equal(back.params[k], v)
+    x = rng.standard_normal((2, 1, 3)).astype(np.float32)
+    np.testing.assert_array_equal(back.forward(x)[0], model.forward(x)[0])
+
+
 def test_bad_model_files(tmp_path):
     path = tmp_path / "m.npz"
     L.save_model(path, L.LSTM(3, 4))
