@@ -338,6 +338,20 @@ def positive_int(fn, name, v):
     return int(v)
 
 
+def rng(fn, seed):
+    """A NumPy Generator from ``seed`` (None, an int >= 0, a sequence of them, a SeedSequence
+    or a Generator, as ``np.random.default_rng`` takes); TypeError/ValueError otherwise."""
+    try:
+        return np.random.default_rng(seed)
+    except TypeError:
+        raise TypeError(
+            f"{fn}: seed must be None, an int >= 0 or a sequence of them, got "
+            f"{type(seed).__name__}"
+        ) from None
+    except ValueError as e:
+        raise ValueError(f"{fn}: seed must be None or ints >= 0, got {seed!r} ({e})") from None
+
+
 def float_dtype(fn, dtype, allowed=(_F32, _F64)):
     """``dtype`` as a NumPy dtype among ``allowed`` (a module's parameter dtype)."""
     try:

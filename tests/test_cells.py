@@ -438,6 +438,18 @@ def test_bad_input():
         L.RNN(3.0, 4)
     with pytest.raises(TypeError, match="dtype must be float32 or float64"):
         L.RNN(3, 4, dtype=np.int32)
+    for make_model in (
+        lambda s: L.LSTM(3, 4, seed=s),
+        lambda s: L.Stacked("gru", 3, 4, seed=s),
+        lambda s: L.Linear(3, 4, seed=s),
+        lambda s: L.Embedding(3, 4, seed=s),
+    ):
+        with pytest.raises(TypeError, match=r"seed must be None, an int >= 0 .* got str"):
+            make_model("0")
+        with pytest.raises(ValueError, match="seed must be None or ints >= 0, got -1"):
+            make_model(-1)
+        a, b = make_model(7), make_model(np.random.default_rng(7))  # a Generator is taken too
+        assert all(np.array_equal(a.params[k], b.params[k]) for k in a.params)
 
 
 # --- the plain cells compute exactly what PyTorch's do -------------------------------------------

@@ -92,7 +92,7 @@ class _Cell:
         self.layer_norm = bool(layer_norm)
         self.dtype = dt = _args.float_dtype(cls, dtype)
         self.eps = _args.check_eps(cls, eps)
-        rng = np.random.default_rng(seed)
+        rng = _args.rng(cls, seed)
         I, H, GH = self.input_size, self.hidden_size, self.G * self.hidden_size
         k = 1.0 / np.sqrt(H)
         self.params = {

@@ -52,7 +52,7 @@ class Linear(_Layer):
         self.in_features = _args.positive_int(self._name, "in_features", in_features)
         self.out_features = _args.positive_int(self._name, "out_features", out_features)
         self.dtype = _args.float_dtype(self._name, dtype)
-        rng = np.random.default_rng(seed)
+        rng = _args.rng(self._name, seed)
         k = 1.0 / np.sqrt(self.in_features)
         self.params = {
             "W": rng.uniform(-k, k, (self.in_features, self.out_features)).astype(self.dtype),
@@ -93,7 +93,7 @@ class Embedding(_Layer):
         self.num_embeddings = _args.positive_int(self._name, "num_embeddings", num_embeddings)
         self.dim = _args.positive_int(self._name, "dim", dim)
         self.dtype = _args.float_dtype(self._name, dtype)
-        rng = np.random.default_rng(seed)
+        rng = _args.rng(self._name, seed)
         self.params = {"W": rng.standard_normal((self.num_embeddings, self.dim)).astype(self.dtype)}
 
     def forward(self, ids):

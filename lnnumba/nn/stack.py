@@ -74,7 +74,7 @@ class Stacked:
         self.dtype = _args.float_dtype(fn, dtype)
         cls = _CELLS[cell]
         self.n_state = cls.n_state
-        rng = np.random.default_rng(seed)
+        rng = _args.rng(fn, seed)
         self.layers = []
         self.params = {}
         for layer in range(self.num_layers):
