@@ -18,7 +18,7 @@ def write(path, arrays, header):
     """Writes ``arrays`` (name -> array) and the JSON-serializable ``header`` to ``path``:
     to a temporary file beside it, flushed to disk, renamed over it, and the rename made
     durable, so a crash mid-write leaves any previous file whole. TypeError if the header is
-    not JSON."""
+    not JSON; FileNotFoundError if the directory does not exist."""
     try:
         text = json.dumps(header)
     except TypeError as e:
@@ -27,7 +27,10 @@ def write(path, arrays, header):
     arrays[HEADER] = np.frombuffer(text.encode(), np.uint8)
     path = os.fspath(path)
     d = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=d)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=d)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"cannot write {path}: there is no directory {d}") from None
     try:
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **arrays)

@@ -105,6 +105,8 @@ def test_bad_model_files(tmp_path):
         L.save_model(path, object())
     with pytest.raises(FileNotFoundError):
         L.load_model(tmp_path / "missing.npz")
+    with pytest.raises(FileNotFoundError, match="there is no directory .*nowhere"):
+        L.save_model(tmp_path / "nowhere" / "m.npz", L.LSTM(3, 4))
     assert zipfile.is_zipfile(io.BytesIO(raw))
 
 

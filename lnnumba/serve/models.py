@@ -89,7 +89,8 @@ _BUILD = {
 def save_model(path, model):
     """Writes ``model`` to ``path`` (one .npz: parameters, and for BatchNorm its running
     statistics, plus a JSON header with the architecture and format version). Atomic: written
-    to a temporary file, fsynced, renamed. Raises TypeError for unsupported models."""
+    to a temporary file, fsynced, renamed. Raises TypeError for unsupported models,
+    FileNotFoundError if path's directory does not exist."""
     kind, kw = _architecture(model)
     arrays = {f"param/{k}": v for k, v in model.params.items()}
     for k, v in getattr(model, "buffers", {}).items():

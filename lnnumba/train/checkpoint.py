@@ -16,7 +16,8 @@ def save_checkpoint(path, params, opt=None, meta=None):
 
     The file is written to a temporary file beside ``path``, flushed to disk and renamed over it,
     so a crash mid-save leaves the previous checkpoint whole. Raises TypeError for arrays of
-    object dtype or metadata that is not JSON.
+    object dtype or metadata that is not JSON, FileNotFoundError if path's directory does not
+    exist.
     """
     arrays = {}
     for k, v in params.items():
