@@ -8,7 +8,12 @@ against 1.7 ms from reused memory, its backward 6.0 ms against 2.6-4.0 ms.
 
 ``empty`` hands out such arrays from a pool of freed buffers: an array's memory goes back to the
 pool when the array and every view of it are gone, and the next allocation of the same number
-of bytes takes it. Smaller arrays come from ``np.empty``. The pool keeps at most
+of bytes takes it. Smaller arrays come from ``np.empty``, unless the caller lowers the bound:
+the recurrent cells take their internal buffers from the pool from 1 MB
+(``nn.cells.WORK_POOL_MIN_BYTES``). A forward and backward pass of an LSTM at T=100, B=32,
+H=256 holds about 60 MB of them at once; from ``np.empty`` they cost about 4000 page faults
+every training step, as glibc's heap hands the freed memory back to the operating system and
+maps it anew. The pool keeps at most
 ``POOL_MAX_BYTES`` of free memory; ``release_memory()`` (public as ``lnnumba.release_memory``)
 hands it all back to the operating system.
 
@@ -88,12 +93,12 @@ def _take(nbytes):
         return bufs.pop()
 
 
-def empty(shape, dtype):
-    """``np.empty(shape, dtype)`` (C order), from the pool when it takes ``POOL_MIN_BYTES`` or
-    more. shape: tuple of ints; dtype: a NumPy dtype."""
+def empty(shape, dtype, min_bytes=None):
+    """``np.empty(shape, dtype)`` (C order), from the pool when it takes ``min_bytes`` or more
+    (None: ``POOL_MIN_BYTES``). shape: tuple of ints; dtype: a NumPy dtype."""
     dtype = np.dtype(dtype)
     nbytes = math.prod(shape) * dtype.itemsize
-    if nbytes < POOL_MIN_BYTES:
+    if nbytes < (POOL_MIN_BYTES if min_bytes is None else min_bytes):
         return np.empty(shape, dtype)
     buf = _take(nbytes)
     if buf is None:
@@ -107,9 +112,10 @@ def free_bytes():
 
 
 def release_memory():
-    """Hands the free memory kept for reuse by large outputs (see ``lnnumba._memory``) back to
-    the operating system. Arrays still in use keep their memory; it is kept for reuse (up to
-    ``POOL_MAX_BYTES``) when they are gone. Takes no arguments; returns None."""
+    """Hands the free memory kept for reuse by large outputs and the recurrent cells' buffers
+    (see ``lnnumba._memory``) back to the operating system. Arrays still in use keep their
+    memory; it is kept for reuse (up to ``POOL_MAX_BYTES``) when they are gone. Takes no
+    arguments; returns None."""
     global _free_bytes
     with _lock:
         bufs = list(_free.values())

@@ -21,7 +21,7 @@ from typing import NamedTuple
 import numba
 import numpy as np
 
-from .. import _args
+from .. import _args, _memory
 from ..cpu import cells as _k
 from ..cpu.norm import blas_recent, note_blas, parallel_lock, slow_parallel_launch
 
@@ -29,6 +29,11 @@ from ..cpu.norm import blas_recent, note_blas, parallel_lock, slow_parallel_laun
 # kernel call, with the kernel's own matrix-vector product: up to about a core's L2 cache it is
 # as fast as BLAS; past it BLAS is faster (LSTM H=256 float32: Wh is 1 MB).
 KERNEL_LOOP_MAX_BYTES = 1 << 20
+
+# Buffers of ``forward`` and ``backward`` (the saved products, activations and states, the
+# products' gradients) of at least this many bytes reuse the memory of freed ones
+# (``lnnumba._memory``) instead of fresh pages, which the operating system zeroes on first touch.
+WORK_POOL_MIN_BYTES = 1 << 20
 
 # Per-thread scratch of the batch-of-one ``step`` (``_Cell._one_scratch``).
 _one_scratch = threading.local()
@@ -118,6 +123,11 @@ class _Cell:
 
     def _zeros(self, shape):
         return np.zeros(shape, self.dtype)
+
+    def _work(self, shape):
+        """An uninitialized buffer of the cell's dtype for ``forward`` / ``backward``, from the
+        pool of freed buffers (``lnnumba._memory``) from ``WORK_POOL_MIN_BYTES`` up."""
+        return _memory.empty(shape, self.dtype, WORK_POOL_MIN_BYTES)
 
     def _check_params(self):
         """Raises ValueError if ``params`` lacks one of the cell's parameters."""
@@ -315,14 +325,16 @@ class _Cell:
         st0 = self._check_state(state, B, "forward")
         active = self._check_lengths(lengths, T, B)
         Wx, Wh = self._p("Wx"), self._p("Wh")
-        xw = (x.reshape(T * B, I) @ Wx).reshape(T, B, GH)  # one GEMM for all steps
+        xw = self._work((T, B, GH))
+        np.matmul(x.reshape(T * B, I), Wx, out=xw.reshape(T * B, GH))  # one GEMM for all steps
         note_blas(T * B, GH, I)
-        h = self._zeros((T + 1, B, H))
+        # the steps write h[1:], c[1:] and hw whole, inactive rows included
+        h = self._work((T + 1, B, H))
         h[0] = st0[0]
-        c = self._zeros((T + 1, B, H)) if self.n_state == 2 else self._empty
+        c = self._work((T + 1, B, H)) if self.n_state == 2 else self._empty
         if self.n_state == 2:
             c[0] = st0[1]
-        hw = self._zeros((T, B, GH))
+        hw = self._work((T, B, GH))
         acts, stats, cn, tmp = self._buffers(T, B)
         lstm = self.n_state == 2
         e = self._empty
@@ -375,8 +387,9 @@ class _Cell:
         self._check_params()
         grads = {k: np.zeros_like(v) for k, v in self.params.items()}
         Wh = self._p("Wh")
-        dxw = self._zeros((T, B, GH))  # gradients of x_t Wx
-        dhw = dxw if self.G == 1 else self._zeros((T, B, GH))  # of h_{t-1} Wh (RNN: the same)
+        # written whole by the steps, inactive rows included
+        dxw = self._work((T, B, GH))  # gradients of x_t Wx
+        dhw = dxw if self.G == 1 else self._work((T, B, GH))  # of h_{t-1} Wh (RNN: the same)
         dh0 = self._zeros((B, H))
         dc0 = self._zeros((B, H))
         tmp = self._zeros((2, 4 * H))  # step-kernel scratch (LSTM: 2 x 4H; GRU, RNN use less)
@@ -499,9 +512,9 @@ class LSTM(_Cell):
     def _buffers(self, T, B):
         H, dt = self.hidden_size, self.dtype
         return (
-            np.empty((T, B, 4 * H), dt),
+            self._work((T, B, 4 * H)),
             np.zeros((T, B, 6), dt),
-            np.empty((T, B, H), dt),
+            self._work((T, B, H)),
             np.empty(4 * H, dt),
         )
 
@@ -587,7 +600,7 @@ class GRU(_Cell):
     def _buffers(self, T, B):
         H, dt = self.hidden_size, self.dtype
         return (
-            np.empty((T, B, 4 * H), dt),
+            self._work((T, B, 4 * H)),
             np.zeros((T, B, 8), dt),
             self._empty,
             np.empty((2, 3 * H), dt),
