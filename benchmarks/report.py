@@ -210,11 +210,11 @@ the rows ahead are prefetched (blocks of four rows where rows are long), so that
 system reads and writes at once; at 8192x4096 float32 that made the forward 1.5x and the
 backward 1.3x faster than ordinary stores, and it is
 why a streaming copy, not a plain one, is the roofline there. Outputs allocated per call (the
-`ln fwd µs` and `ln bwd µs` columns include them) of 32 MB and up would land on fresh pages,
-which the OS
-zeroes on first touch (glibc maps allocations that large anew each time): lnnumba takes them
-from its pool of freed outputs instead (`lnnumba._memory`), PyTorch allocates them anew
-(4096x1024 float64, 8192x4096 float32). NumPy's large arrays start 16 bytes past a cache line;
+`ln fwd µs` and `ln bwd µs` columns include them) of 1 MB and up come from lnnumba's pool of
+reused memory (`lnnumba._memory`), not from fresh pages, which the OS zeroes on first touch
+(glibc maps allocations of 32 MB and up anew each time, and smaller ones whenever its heap has
+handed them back); PyTorch allocates them anew.
+NumPy's large arrays start 16 bytes past a cache line;
 the backward's pass with ordinary stores (below 16 MB) starts its vector lines at the output's
 first line boundary, and takes the columns around them as whole lines overlapping them, so
 that no load or store spans two lines. The forward with ordinary stores takes rows of up to

@@ -1,43 +1,62 @@
-"""Large output arrays that reuse freed memory instead of fresh pages.
+"""Output arrays that reuse freed memory instead of fresh pages.
 
-An array of 32 MB or more (glibc's largest threshold for serving an allocation from its heap)
-is mapped fresh from the operating system on every allocation and unmapped when freed, and the
-OS zeroes each fresh page on first touch. Measured on the project's 2-core machine, that cost
-more than the computation: a 4096x1024 float64 ``layer_norm`` took 4.1 ms allocating its output
-against 1.7 ms from reused memory, its backward 6.0 ms against 2.6-4.0 ms.
+Memory that glibc's ``malloc`` takes fresh from the operating system is zeroed by it page by
+page on first touch, and on the project's 2-core machine (a virtual machine) a page fault costs
+microseconds. glibc maps allocations above a threshold (128 KB at first, rising as far as 32 MB
+as such blocks are freed) fresh every time, and hands the top of its heap back once more than
+twice that threshold is free there. A training step's pattern, several outputs alive at once
+and freed together, keeps tripping both. Measured on that machine, float32, k layer norms
+forward then backward, before the pool took arrays from 1 MB (it took them from 32 MB) and
+after, in alternating processes: k=6 at 512x1024 (2 MB each) 3.9-4.4 ms a step with 3000 page
+faults, then 0.6-0.7 ms with none; k=4 at 1024x1024 4.8-6.7 against 1.0-1.2 ms; k=4 at
+2048x1024 6.1-11.7 against 3.4-3.8 ms; k=2 at 4096x1024 6.5-7.2 against 2.9-3.6 ms; k=1 at
+6144x1024 about 5.0 against 2.5-2.8 ms. Single calls repeated with the same shape, where glibc
+does reuse its memory, ran as fast as before. At 32 MB and up every allocation is mapped fresh:
+a 4096x1024 float64 ``layer_norm`` took 4.1 ms allocating its output against 1.7 ms from
+reused memory. An LSTM's training step (T=100, B=32, H=256) holds about 60 MB of buffers of
+1-13 MB, and took about 4000 page faults a step.
 
-``empty`` hands out such arrays from a pool of freed buffers: an array's memory goes back to the
-pool when the array and every view of it are gone, and the next allocation of the same number
-of bytes takes it. Smaller arrays come from ``np.empty``, unless the caller lowers the bound:
-the recurrent cells take their internal buffers from the pool from 1 MB
-(``nn.cells.WORK_POOL_MIN_BYTES``). A forward and backward pass of an LSTM at T=100, B=32,
-H=256 holds about 60 MB of them at once; from ``np.empty`` they cost about 4000 page faults
-every training step, as glibc's heap hands the freed memory back to the operating system and
-maps it anew. The pool keeps at most
-``POOL_MAX_BYTES`` of free memory; ``release_memory()`` (public as ``lnnumba.release_memory``)
-hands it all back to the operating system.
+``empty`` hands out arrays of ``POOL_MIN_BYTES`` or more from a pool of buffers it has
+allocated: each array it returns is a view of one of them (its ``base``), and a buffer is taken
+again, for an array of the same shape and dtype, only once no array or view of it is alive,
+which its reference count tells (every view of a view of it refers to it directly). Smaller
+arrays come from ``np.empty`` (the pool's bookkeeping costs about 0.4 us a call, ``np.empty``
+0.2-0.6 us). Before it allocates a new buffer, the pool drops free ones, used longest ago first,
+until they and the new one total at most ``POOL_MAX_BYTES``: it holds what a program's steps
+use over and over, and follows a program whose shapes change. An array larger than that comes
+from ``np.empty``. ``release_memory()`` (public as ``lnnumba.release_memory``) hands all the
+free buffers back.
 
-A pooled array does not own its memory (``a.flags.owndata`` is False; ``a.base`` is the object
-that gives it back), so ``a.resize`` cannot resize it in place.
+A pooled array does not own its memory (``a.flags.owndata`` is False; ``a.base`` is the pool's
+buffer), so ``a.resize`` cannot resize it in place.
 """
 
+import itertools
 import math
 import os
+import sys
 import threading
 
 import numpy as np
 
 # Arrays of at least this many bytes come from the pool.
-POOL_MIN_BYTES = 32 << 20
-# Free memory the pool keeps for reuse, at most; a buffer freed past this is released.
+POOL_MIN_BYTES = 1 << 20
+# Free buffers the pool keeps when it allocates a new one, at most, with the new one (bytes).
 POOL_MAX_BYTES = 512 << 20
 # Alignment of a pooled array's data (a cache line, and an AVX-512 vector).
 _ALIGN = 64
 
-_free = {}  # size in bytes -> free buffers (uint8 arrays of size + _ALIGN bytes)
-_free_bytes = 0
-_lock = threading.RLock()  # reentrant: a lease freed by the garbage collector inside a locked
-# section, on the same thread, gives its buffer back through the same lock
+# (shape, dtype) -> the pool's buffers for arrays of that shape and dtype, each an entry
+# [buf, template, last use, nbytes]: buf a uint8 array of nbytes + _ALIGN bytes, template the
+# (shape, dtype) view of its aligned part, of which ``empty`` returns views.
+_pool = {}
+_ticks = itertools.count()
+_lock = threading.RLock()  # reentrant: a garbage collection inside a locked section may run a
+# finalizer that allocates
+_getrefcount = sys.getrefcount
+# A buffer's references while no array uses it: its entry, its template (as base) and
+# getrefcount's own argument.
+_IDLE_REFS = 3
 
 
 def _new_lock():
@@ -50,65 +69,71 @@ if hasattr(os, "register_at_fork"):  # POSIX
     os.register_at_fork(after_in_child=_new_lock)
 
 
-class _Lease:
-    """The owner of one pooled array's memory: the array's ``base``. Exposes the memory through
-    ``__array_interface__``; returns the buffer to the pool when it is collected."""
-
-    __slots__ = ("_buf", "_nbytes", "__array_interface__")
-
-    def __init__(self, buf, nbytes, shape, dtype):
-        self._buf = buf  # uint8 (nbytes + _ALIGN,)
-        self._nbytes = nbytes
-        ptr = buf.ctypes.data
-        self.__array_interface__ = {
-            "shape": shape,
-            "typestr": dtype.str,
-            "data": (ptr + (-ptr) % _ALIGN, False),
-            "version": 3,
-        }
-
-    def __del__(self):
-        try:
-            _give_back(self._buf, self._nbytes)
-        except Exception:  # interpreter shutdown: module state already gone
-            pass
-
-
-def _give_back(buf, nbytes):
-    global _free_bytes
+def empty(shape, dtype):
+    """``np.empty(shape, dtype)`` (C order), from the pool when it takes ``POOL_MIN_BYTES`` or
+    more. shape: tuple of ints; dtype: a NumPy dtype."""
+    key = (shape, dtype)
     with _lock:
-        if _free_bytes + nbytes <= POOL_MAX_BYTES:
-            _free.setdefault(nbytes, []).append(buf)
-            _free_bytes += nbytes
-
-
-def _take(nbytes):
-    """A free buffer of ``nbytes`` (+ alignment) from the pool, or None."""
-    global _free_bytes
-    with _lock:
-        bufs = _free.get(nbytes)
-        if not bufs:
-            return None
-        _free_bytes -= nbytes
-        return bufs.pop()
-
-
-def empty(shape, dtype, min_bytes=None):
-    """``np.empty(shape, dtype)`` (C order), from the pool when it takes ``min_bytes`` or more
-    (None: ``POOL_MIN_BYTES``). shape: tuple of ints; dtype: a NumPy dtype."""
+        entries = _pool.get(key)
+        if entries is not None:
+            for e in entries:
+                if _getrefcount(e[0]) == _IDLE_REFS:
+                    e[2] = next(_ticks)
+                    return e[1].view()  # (refers to buf before the lock is released)
     dtype = np.dtype(dtype)
     nbytes = math.prod(shape) * dtype.itemsize
-    if nbytes < (POOL_MIN_BYTES if min_bytes is None else min_bytes):
+    if nbytes < POOL_MIN_BYTES or not _make_room(nbytes):
         return np.empty(shape, dtype)
-    buf = _take(nbytes)
-    if buf is None:
-        buf = np.empty(nbytes + _ALIGN, np.uint8)
-    return np.asarray(_Lease(buf, nbytes, tuple(shape), dtype))
+    buf = np.empty(nbytes + _ALIGN, np.uint8)
+    k = -buf.ctypes.data % _ALIGN
+    template = buf[k : k + nbytes].view(dtype).reshape(shape)
+    a = template.view()
+    with _lock:
+        _pool.setdefault(key, []).append([buf, template, next(_ticks), nbytes])
+    return a
+
+
+def _idle():
+    """(key, entry) of every buffer no array uses."""
+    return [(k, e) for k, es in _pool.items() for e in es if _getrefcount(e[0]) == _IDLE_REFS]
+
+
+def _drop(items):
+    """Removes these (key, entry) from the pool; the caller frees them."""
+    for k, e in items:
+        es = [x for x in _pool[k] if x is not e]  # (by identity: entries hold arrays)
+        if es:
+            _pool[k] = es
+        else:
+            del _pool[k]
+
+
+def _make_room(nbytes):
+    """Whether a new buffer of ``nbytes`` may join the pool (at most ``POOL_MAX_BYTES``); if it
+    may, first drops free buffers, used longest ago first, until they and it total at most
+    that."""
+    if nbytes > POOL_MAX_BYTES:
+        return False
+    out = []
+    with _lock:
+        idle = _idle()
+        total = sum(e[3] for _, e in idle) + nbytes
+        if total > POOL_MAX_BYTES:
+            for k, e in sorted(idle, key=lambda ke: ke[1][2]):
+                if total <= POOL_MAX_BYTES:
+                    break
+                out.append((k, e))
+                total -= e[3]
+            _drop(out)
+        del idle
+    del out  # freed here, outside the lock
+    return True
 
 
 def free_bytes():
     """Bytes of free memory the pool holds for reuse."""
-    return _free_bytes
+    with _lock:
+        return sum(e[3] for _, e in _idle())
 
 
 def release_memory():
@@ -116,9 +141,7 @@ def release_memory():
     (see ``lnnumba._memory``) back to the operating system. Arrays still in use keep their
     memory; it is kept for reuse (up to ``POOL_MAX_BYTES``) when they are gone. Takes no
     arguments; returns None."""
-    global _free_bytes
     with _lock:
-        bufs = list(_free.values())
-        _free.clear()
-        _free_bytes = 0
-    del bufs  # freed here, outside the lock
+        idle = _idle()
+        _drop(idle)
+    del idle  # freed here, outside the lock

@@ -17,9 +17,17 @@ from .cpu import norm as _cpu
 _ndarray = np.ndarray
 _in_kernel_form = _args.in_kernel_form
 _SMALL = _cpu.PARALLEL_MIN_ELEMENTS  # x.size below which the forward runs serially
-# The largest input (bytes) that ``_small`` takes: up to it the forward's output is a plain
-# ``np.empty`` (``_memory`` pools only larger ones) and no blocked or streamed pass applies.
+# The largest input (bytes) that ``_small`` takes: up to it no blocked or streamed pass applies.
 _DIRECT_MAX_BYTES = _cpu.FORWARD_BLOCK_MIN_BYTES
+
+
+def _empty_like_rows(x):
+    """An uninitialized array of x's shape and dtype (C order) for the short paths' outputs:
+    from ``_memory``'s pool from ``_memory.POOL_MIN_BYTES`` up, else ``np.empty`` (at batch
+    one the pool's call would cost a third of the call)."""
+    if x.nbytes < _memory.POOL_MIN_BYTES:
+        return np.empty(x.shape, x.dtype)
+    return _memory.empty(x.shape, x.dtype)
 
 
 def _gpu():
@@ -51,7 +59,7 @@ def layer_norm(x, weight=None, bias=None, *, eps=1e-5, axis=-1, out=None):
     Returns
     -------
     y : ndarray, x's shape, the result dtype (float16 for float16 x, float64 for integer x)
-        (``out`` itself when given). Outputs of 32 MB or more reuse the memory of freed ones
+        (``out`` itself when given). Outputs of 1 MB or more reuse the memory of freed ones
         and do not own it (see ``lnnumba.release_memory``).
 
     Raises
@@ -242,7 +250,7 @@ def _small(x, w, b, eps, axis, out, center):
     dt = x.dtype
     inplace = out is x
     if x.size >= _SMALL:
-        y = np.empty(x.shape, dt) if out is None else out
+        y = out if out is not None else _empty_like_rows(x)
         _cpu.forward_unaliased(None if inplace else y, None, None, x, w, b, eps, center)
         return y
     f = _cpu.forward_entries.get((dt, inplace, True, True, w is None, b is None))
@@ -261,7 +269,7 @@ def _small_stats(x, w, b, eps, axis, center):
         return None
     M = x.shape[0]
     dt = x.dtype
-    y = np.empty(x.shape, dt)
+    y = _empty_like_rows(x)
     rstd = np.empty(M, dt)
     if not center:
         _cpu.forward_unaliased(y, None, rstd, x, w, None, eps, False)
@@ -306,7 +314,7 @@ def _small_backward(dy, x, mean, rstd, w, axis):
         )
     ):
         return None
-    dx = np.empty(x.shape, dt)
+    dx = _empty_like_rows(x)
     dw = np.empty(x.shape[1], dt)
     if mean is None:
         _cpu.backward(dx, dw, None, dy, x, None, rstd.reshape(M), w)

@@ -50,20 +50,34 @@ def test_memory_is_reused_only_when_no_array_or_view_holds_it(pool):
     assert pool.free_bytes() == 1024 * 4 * 4
     d = pool.empty((1024, 4), np.float32)  # now a's memory comes back
     assert d.ctypes.data == pa and pool.free_bytes() == 0
-    e = pool.empty((2048, 2), np.float32)  # same size in bytes, another shape: reused too
     del d
-    e2 = pool.empty((4, 1024), np.float32)
+    e = pool.empty((4, 1024), np.float32)  # the same bytes in another shape: other memory
+    assert e.ctypes.data != pa and pool.free_bytes() == 1024 * 4 * 4
+    e2 = pool.empty((1024, 4), np.float32)
     assert e2.ctypes.data == pa and not np.shares_memory(e, e2)
+    assert e2.base is not None and e2[::2].base is e2.base  # views refer to the buffer itself
 
 
-def test_free_memory_kept_is_bounded_and_released(pool, monkeypatch):
+def test_memory_kept_is_bounded_and_released(pool, monkeypatch):
+    """Before the pool allocates a buffer, it drops free ones, used longest ago first, until
+    they and the new one fit in POOL_MAX_BYTES; an array larger than that is a plain one."""
     monkeypatch.setattr(P, "POOL_MAX_BYTES", 3 * 16384)
     arrays = [pool.empty((4096,), np.float32) for _ in range(5)]  # 16 KB each
+    assert not any(a.flags.owndata for a in arrays)  # in use: all pooled
     del arrays
     gc.collect()
-    assert pool.free_bytes() == 3 * 16384  # two of the five released at once
+    assert pool.free_bytes() == 5 * 16384
+    a, b = pool.empty((4096,), np.float32), pool.empty((4096,), np.float32)
+    kept = {a.ctypes.data, b.ctypes.data}  # used last
+    del a, b
+    c = pool.empty((2048,), np.float64)  # a new buffer: three of the five free ones go
+    assert not c.flags.owndata and pool.free_bytes() == 2 * 16384
+    a, b = pool.empty((4096,), np.float32), pool.empty((4096,), np.float32)
+    assert {a.ctypes.data, b.ctypes.data} == kept
+    assert pool.empty((4 * 16384,), np.uint8).flags.owndata  # larger than the pool
+    del a, b, c
     pool.release_memory()
-    assert pool.free_bytes() == 0
+    assert pool.free_bytes() == 0 and not P._pool
 
 
 # 3-d inputs: small 2-d ones take layer_norm's batch-1 path, whose outputs are never this large
@@ -92,6 +106,36 @@ def test_public_outputs_come_from_the_pool_and_stay_independent(pool, rng):
     np.testing.assert_allclose(dx, want[0], rtol=1e-3, atol=1e-4)
     yr = L.rms_norm(x1, w)
     np.testing.assert_allclose(yr, R.rms_norm_forward(x1, w)[0], rtol=1e-4, atol=1e-5)
+
+
+def test_a_training_loop_reuses_the_same_buffers(pool, rng):
+    """Layers forward then backward, step after step: after the first step every output comes
+    from a buffer the pool already has (the memory stays what one step needs), and the results
+    do not change from step to step."""
+    x = rng.standard_normal((8, 8, 32)).astype(np.float32)
+    w = rng.standard_normal(32).astype(np.float32)
+
+    def step():
+        h, saved = x, []
+        for _ in range(3):
+            y, m, r = L.layer_norm_forward(h, w)
+            saved.append((h, m, r))
+            h = y
+        g = h
+        for hk, m, r in reversed(saved):
+            g = L.layer_norm_backward(g, hk, m, r, w)[0]
+        return h, g
+
+    def same(got, want):  # (holds no output once it returns)
+        for a, b in zip(got, want):
+            np.testing.assert_array_equal(a, b)
+
+    first = [a.copy() for a in step()]
+    sizes = sorted((k, len(es)) for k, es in P._pool.items())
+    assert sizes
+    for _ in range(10):
+        same(step(), first)
+    assert sorted((k, len(es)) for k, es in P._pool.items()) == sizes
 
 
 def test_threads_never_share_live_memory(pool, rng):

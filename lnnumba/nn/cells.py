@@ -30,11 +30,6 @@ from ..cpu.norm import blas_recent, note_blas, parallel_lock, slow_parallel_laun
 # as fast as BLAS; past it BLAS is faster (LSTM H=256 float32: Wh is 1 MB).
 KERNEL_LOOP_MAX_BYTES = 1 << 20
 
-# Buffers of ``forward`` and ``backward`` (the saved products, activations and states, the
-# products' gradients) of at least this many bytes reuse the memory of freed ones
-# (``lnnumba._memory``) instead of fresh pages, which the operating system zeroes on first touch.
-WORK_POOL_MIN_BYTES = 1 << 20
-
 # Per-thread scratch of the batch-of-one ``step`` (``_Cell._one_scratch``).
 _one_scratch = threading.local()
 
@@ -125,9 +120,11 @@ class _Cell:
         return np.zeros(shape, self.dtype)
 
     def _work(self, shape):
-        """An uninitialized buffer of the cell's dtype for ``forward`` / ``backward``, from the
-        pool of freed buffers (``lnnumba._memory``) from ``WORK_POOL_MIN_BYTES`` up."""
-        return _memory.empty(shape, self.dtype, WORK_POOL_MIN_BYTES)
+        """An uninitialized buffer of the cell's dtype for ``forward`` / ``backward`` (the
+        saved products, activations and states, the products' gradients): from the pool of
+        reused memory (``lnnumba._memory``) from ``_memory.POOL_MIN_BYTES`` up, rather than
+        fresh pages, which the operating system zeroes on first touch."""
+        return _memory.empty(shape, self.dtype)
 
     def _check_params(self):
         """Raises ValueError if ``params`` lacks one of the cell's parameters."""
