@@ -19,7 +19,8 @@ reused memory. An LSTM's training step (T=100, B=32, H=256) holds about 60 MB of
 ``empty`` hands out arrays of ``POOL_MIN_BYTES`` or more from a pool of buffers it has
 allocated: each array it returns is a view of one of them (its ``base``), and a buffer is taken
 again, for an array of the same shape and dtype, only once no array or view of it is alive,
-which its reference count tells (every view of a view of it refers to it directly). Smaller
+which its reference count tells (every view of a view of it refers to it directly; checked on
+import, and where the interpreter counts otherwise, every array comes from ``np.empty``). Smaller
 arrays come from ``np.empty`` (the pool's bookkeeping costs about 0.4 us a call, ``np.empty``
 0.2-0.6 us). Before it allocates a new buffer, the pool drops free ones, used longest ago first,
 until they and the new one total at most ``POOL_MAX_BYTES``: it holds what a program's steps
@@ -53,10 +54,36 @@ _pool = {}
 _ticks = itertools.count()
 _lock = threading.RLock()  # reentrant: a garbage collection inside a locked section may run a
 # finalizer that allocates
-_getrefcount = sys.getrefcount
-# A buffer's references while no array uses it: its entry, its template (as base) and
-# getrefcount's own argument.
-_IDLE_REFS = 3
+
+
+def _refs(entry):
+    """The reference count of an entry's buffer, as every check here reads it."""
+    return sys.getrefcount(entry[0])
+
+
+def _calibrate():
+    """The reference count ``_refs`` reads for a buffer no array uses (its entry and its
+    template refer to it; what else the interpreter counts differs between versions), checked
+    to rise by one for each view and view of a view and to fall back when they go; None, which
+    turns the pool off, if it does not behave so."""
+    buf = np.empty(64 + _ALIGN, np.uint8)
+    template = buf[:64].view(np.float32).reshape(4, 4)
+    entry = [buf, template, 0, 64]
+    del buf
+    idle = _refs(entry)
+    a = template.view()
+    b = a[::2]
+    one_two = (_refs(entry), b.base is entry[0])
+    del a
+    two_one = _refs(entry)
+    del b
+    if one_two == (idle + 2, True) and two_one == idle + 1 and _refs(entry) == idle:
+        return idle
+    return None
+
+
+# A buffer's reference count while no array uses it.
+_IDLE_REFS = _calibrate()
 
 
 def _new_lock():
@@ -77,12 +104,12 @@ def empty(shape, dtype):
         entries = _pool.get(key)
         if entries is not None:
             for e in entries:
-                if _getrefcount(e[0]) == _IDLE_REFS:
+                if _refs(e) == _IDLE_REFS:
                     e[2] = next(_ticks)
                     return e[1].view()  # (refers to buf before the lock is released)
     dtype = np.dtype(dtype)
     nbytes = math.prod(shape) * dtype.itemsize
-    if nbytes < POOL_MIN_BYTES or not _make_room(nbytes):
+    if nbytes < POOL_MIN_BYTES or _IDLE_REFS is None or not _make_room(nbytes):
         return np.empty(shape, dtype)
     buf = np.empty(nbytes + _ALIGN, np.uint8)
     k = -buf.ctypes.data % _ALIGN
@@ -95,7 +122,7 @@ def empty(shape, dtype):
 
 def _idle():
     """(key, entry) of every buffer no array uses."""
-    return [(k, e) for k, es in _pool.items() for e in es if _getrefcount(e[0]) == _IDLE_REFS]
+    return [(k, e) for k, es in _pool.items() for e in es if _refs(e) == _IDLE_REFS]
 
 
 def _drop(items):

@@ -22,6 +22,16 @@ def pool(monkeypatch):
     P.release_memory()
 
 
+def test_reference_counts_behave_as_the_pool_needs(pool, monkeypatch):
+    """The pool is on here: a buffer's count rises by one for each view, views of views
+    included. Where the interpreter counted otherwise the pool would be off, every array a
+    plain one."""
+    assert P._IDLE_REFS is not None and P._calibrate() == P._IDLE_REFS
+    monkeypatch.setattr(P, "_IDLE_REFS", None)
+    a = pool.empty((64, 33), np.float32)
+    assert a.flags.owndata and not P._pool
+
+
 def test_small_arrays_are_plain(pool):
     a = pool.empty((3, 4), np.float32)
     assert a.flags.owndata and a.shape == (3, 4) and a.dtype == np.float32
