@@ -23,10 +23,13 @@ which its reference count tells (every view of a view of it refers to it directl
 import, and where the interpreter counts otherwise, every array comes from ``np.empty``). Smaller
 arrays come from ``np.empty`` (the pool's bookkeeping costs about 0.4 us a call, ``np.empty``
 0.2-0.6 us). Before it allocates a new buffer, the pool drops free ones, used longest ago first,
-until they and the new one total at most ``POOL_MAX_BYTES``: it holds what a program's steps
-use over and over, and follows a program whose shapes change. An array larger than that comes
-from ``np.empty``. ``release_memory()`` (public as ``lnnumba.release_memory``) hands all the
-free buffers back.
+until they total at most ``POOL_MAX_BYTES``. A program that repeats its steps with the same
+shapes allocates nothing new after its first step, so the bound does not touch it; one whose
+shapes keep changing keeps little. The HTTP server of examples/serve.py, whose batches of
+prefixes have ever new shapes (benchmarks/load_test.py, 1600 requests), grew from 174 MB to
+277-292 MB with a bound of 64 MB, and to 205-229 MB with 16 MB; before the pool took arrays
+below 32 MB, from 197 MB to 211-222 MB. ``release_memory()`` (public as ``lnnumba.release_memory``) hands
+all the free buffers back.
 
 A pooled array does not own its memory (``a.flags.owndata`` is False; ``a.base`` is the pool's
 buffer), so ``a.resize`` cannot resize it in place.
@@ -42,8 +45,8 @@ import numpy as np
 
 # Arrays of at least this many bytes come from the pool.
 POOL_MIN_BYTES = 1 << 20
-# Free buffers the pool keeps when it allocates a new one, at most, with the new one (bytes).
-POOL_MAX_BYTES = 512 << 20
+# Free buffers the pool keeps when it allocates a new one, at most (bytes).
+POOL_MAX_BYTES = 16 << 20
 # Alignment of a pooled array's data (a cache line, and an AVX-512 vector).
 _ALIGN = 64
 
@@ -109,8 +112,9 @@ def empty(shape, dtype):
                     return e[1].view()  # (refers to buf before the lock is released)
     dtype = np.dtype(dtype)
     nbytes = math.prod(shape) * dtype.itemsize
-    if nbytes < POOL_MIN_BYTES or _IDLE_REFS is None or not _make_room(nbytes):
+    if nbytes < POOL_MIN_BYTES or _IDLE_REFS is None:
         return np.empty(shape, dtype)
+    _make_room()
     buf = np.empty(nbytes + _ALIGN, np.uint8)
     k = -buf.ctypes.data % _ALIGN
     template = buf[k : k + nbytes].view(dtype).reshape(shape)
@@ -135,16 +139,13 @@ def _drop(items):
             del _pool[k]
 
 
-def _make_room(nbytes):
-    """Whether a new buffer of ``nbytes`` may join the pool (at most ``POOL_MAX_BYTES``); if it
-    may, first drops free buffers, used longest ago first, until they and it total at most
-    that."""
-    if nbytes > POOL_MAX_BYTES:
-        return False
+def _make_room():
+    """Before a new buffer joins the pool: drops free buffers, used longest ago first, until
+    they total at most ``POOL_MAX_BYTES``."""
     out = []
     with _lock:
         idle = _idle()
-        total = sum(e[3] for _, e in idle) + nbytes
+        total = sum(e[3] for _, e in idle)
         if total > POOL_MAX_BYTES:
             for k, e in sorted(idle, key=lambda ke: ke[1][2]):
                 if total <= POOL_MAX_BYTES:
@@ -154,7 +155,6 @@ def _make_room(nbytes):
             _drop(out)
         del idle
     del out  # freed here, outside the lock
-    return True
 
 
 def free_bytes():
@@ -166,8 +166,7 @@ def free_bytes():
 def release_memory():
     """Hands the free memory kept for reuse by large outputs and the recurrent cells' buffers
     (see ``lnnumba._memory``) back to the operating system. Arrays still in use keep their
-    memory; it is kept for reuse (up to ``POOL_MAX_BYTES``) when they are gone. Takes no
-    arguments; returns None."""
+    memory, and it is kept for reuse when they are gone. Takes no arguments; returns None."""
     with _lock:
         idle = _idle()
         _drop(idle)
