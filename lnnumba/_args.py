@@ -345,8 +345,7 @@ def rng(fn, seed):
         return np.random.default_rng(seed)
     except TypeError:
         raise TypeError(
-            f"{fn}: seed must be None, an int >= 0 or a sequence of them, got "
-            f"{type(seed).__name__}"
+            f"{fn}: seed must be None, an int >= 0 or a sequence of them, got {type(seed).__name__}"
         ) from None
     except ValueError as e:
         raise ValueError(f"{fn}: seed must be None or ints >= 0, got {seed!r} ({e})") from None

@@ -28,8 +28,8 @@ shapes allocates nothing new after its first step, so the bound does not touch i
 shapes keep changing keeps little. The HTTP server of examples/serve.py, whose batches of
 prefixes have ever new shapes (benchmarks/load_test.py, 1600 requests), grew from 174 MB to
 277-292 MB with a bound of 64 MB, and to 205-229 MB with 16 MB; before the pool took arrays
-below 32 MB, from 197 MB to 211-222 MB. ``release_memory()`` (public as ``lnnumba.release_memory``) hands
-all the free buffers back.
+below 32 MB, from 197 MB to 211-222 MB. ``release_memory()`` (public as
+``lnnumba.release_memory``) hands all the free buffers back.
 
 A pooled array does not own its memory (``a.flags.owndata`` is False; ``a.base`` is the pool's
 buffer), so ``a.resize`` cannot resize it in place.
