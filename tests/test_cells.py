@@ -111,32 +111,65 @@ def test_steps_equal_one_forward(kind, cls, ln, dtype, rng):
 @pytest.mark.parametrize("kind,cls", CELLS)
 @pytest.mark.parametrize("ln", [True, False])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_batch_of_one_loop_in_one_kernel_call(kind, cls, ln, dtype, rng, monkeypatch):
-    # a batch of one with a small Wh runs its loop over time inside one kernel call, recurrent
+@pytest.mark.parametrize("B", [1, 3])
+def test_small_batch_loop_in_one_kernel_call(kind, cls, ln, dtype, B, rng, monkeypatch):
+    # a small batch with a small Wh runs its loop over time inside one kernel call, recurrent
     # product included: forward and the backward from its cache must agree with the
     # BLAS-per-step loop (forced by a limit of 0), with the reference and with step
     cell = make_cell(cls, ln, dtype, I=5, H=6)
     T = 7
-    x = rng.standard_normal((T, 1, 5)).astype(dtype)
-    st = rand_state(cell, 1, rng, dtype)
-    G = rng.standard_normal((T, 1, 6)).astype(dtype)
+    x = rng.standard_normal((T, B, 5)).astype(dtype)
+    st = rand_state(cell, B, rng, dtype)
+    G = rng.standard_normal((T, B, 6)).astype(dtype)
+    lengths = None if B == 1 else np.array([7, 3, 5])  # ended rows too
+    lens = np.full(B, T) if lengths is None else lengths
     runs = []
     for limit in (NC.KERNEL_LOOP_MAX_BYTES, 0):
         monkeypatch.setattr(NC, "KERNEL_LOOP_MAX_BYTES", limit)
-        assert cell._kernel_loop(1, cell.params["Wh"]) == (limit > 0)
-        hs, last, cache = cell.forward(x, st)
+        assert cell._kernel_loop(B, cell.params["Wh"]) == (limit > 0)
+        hs, last, cache = cell.forward(x, st, lengths)
         dx, grads, dst = cell.backward(G, cache)
         runs.append([hs, *last, dx, *grads.values(), *dst])
     tol = 1e-12 if dtype == np.float64 else 2e-5
     for a, b in zip(*runs):
         np.testing.assert_allclose(a, b, rtol=tol, atol=tol)
     hs = runs[0][0]
-    hr, _ = R.cell_forward(kind, cell.params, x, st, np.array([T]), ln)
+    hr, _ = R.cell_forward(kind, cell.params, x, st, lens, ln)
     np.testing.assert_allclose(hs, hr, rtol=tol, atol=tol)
-    s = st
-    for t in range(T):
-        s = cell.step(x[t], s)
-        np.testing.assert_allclose(s[0], hs[t], rtol=tol, atol=tol)
+    if lengths is None:
+        s = st
+        for t in range(T):
+            s = cell.step(x[t], s)
+            np.testing.assert_allclose(s[0], hs[t], rtol=tol, atol=tol)
+
+
+def test_kernel_loop_batch_and_weight_limits(monkeypatch):
+    """The loop runs in one kernel call up to KERNEL_LOOP_MAX_BYTES of Wh and
+    KERNEL_LOOP_MAX_WORK_BYTES of batch rows times Wh's bytes."""
+    Wh = np.zeros((256, 1024), np.float32)  # 1 MB
+    assert NC._Cell._kernel_loop(1, Wh) and NC._Cell._kernel_loop(3, Wh)
+    assert not NC._Cell._kernel_loop(4, Wh)
+    assert NC._Cell._kernel_loop(12, Wh[:64]) and not NC._Cell._kernel_loop(13, Wh[:64])
+    assert not NC._Cell._kernel_loop(1, np.zeros((257, 1024), np.float32))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("B,K,G", [(1, 16, 8), (3, 13, 5), (5, 8, 33), (2, 3, 4), (4, 1, 1)])
+def test_matmat_rows_are_matvec_rows(B, K, G, dtype, rng):
+    """Each row of the small-batch product has the arithmetic (the bits) of the one-row
+    product, whatever the batch, and matches NumPy's."""
+    from lnnumba.cpu import cells as KC
+
+    A = rng.standard_normal((B, K)).astype(dtype)
+    W = rng.standard_normal((K, G)).astype(dtype)
+    Y = np.full((B, G), np.nan, dtype)
+    KC.matmat(Y, A, W)
+    y = np.empty(G, dtype)
+    for r in range(B):
+        KC.matvec_rows(y, A[r], W, 0, K)
+        np.testing.assert_array_equal(Y[r], y)
+    tol = 1e-12 if dtype == np.float64 else 1e-5
+    np.testing.assert_allclose(Y, A.astype(np.float64) @ W, rtol=tol, atol=tol)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

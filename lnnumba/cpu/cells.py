@@ -2,10 +2,10 @@
 products, one ``@njit`` pass over the batch per time step, forward and backward side by side.
 
 The matrix products themselves (the input projection of all steps as one GEMM, the recurrence as
-one GEMM per step) are BLAS calls made by the caller (``lnnumba.nn.cells``), except for a batch
-of one with a small recurrent matrix: there the ``*_steps`` kernels run the whole loop over time,
-recurrent matrix-vector product included (``matvec``), in one call, which saves a BLAS call and
-a kernel launch per step; and for ``step`` at batch one: the ``*_step_one`` kernels compute both
+one GEMM per step) are BLAS calls made by the caller (``lnnumba.nn.cells``), except for a small
+batch with a small recurrent matrix: there the ``*_steps`` kernels run the whole loop over time,
+recurrent product included (``matmat``), in one call, which saves a BLAS call and a kernel
+launch per step; and for ``step`` at batch one: the ``*_step_one`` kernels compute both
 products (``matvec_pair``, split over the cores) and the step in one call. Layer norm is the row
 routine of ``cpu.norm`` (``row_ln`` / ``row_ln_backward``), the same code ``layer_norm`` runs.
 
@@ -65,9 +65,41 @@ def matvec_rows(y, a, W, k0, k1):
 
 
 @njit(**_jit_matvec)
-def matvec(y, a, W):
-    """y = a @ W for one row. y: (G,) out; a: (K,); W: (K, G) C-contiguous."""
-    matvec_rows(y, a, W, 0, W.shape[0])
+def matmat(Y, A, W):
+    """Y = A @ W for a small batch. Y: (B, G) out; A: (B, K); W: (K, G) C-contiguous.
+
+    ``matvec_rows`` for every row of the batch at once: each block of eight rows of W is taken
+    for all the batch's rows in turn while it is in L1, so W streams through once a call rather
+    than once a row. Each row's arithmetic is ``matvec_rows``' (the same bits for a row whatever
+    the batch).
+    """
+    B, G = Y.shape
+    K = W.shape[0]
+    t = Y.dtype.type
+    for r in range(B):
+        y = Y[r]
+        for j in range(G):
+            y[j] = t(0)
+    i = 0
+    while i + 8 <= K:
+        w0, w1, w2, w3 = W[i], W[i + 1], W[i + 2], W[i + 3]
+        w4, w5, w6, w7 = W[i + 4], W[i + 5], W[i + 6], W[i + 7]
+        for r in range(B):
+            a, y = A[r], Y[r]
+            a0, a1, a2, a3 = a[i], a[i + 1], a[i + 2], a[i + 3]
+            a4, a5, a6, a7 = a[i + 4], a[i + 5], a[i + 6], a[i + 7]
+            for j in range(G):
+                y[j] += ((a0 * w0[j] + a1 * w1[j]) + (a2 * w2[j] + a3 * w3[j])) + (
+                    (a4 * w4[j] + a5 * w5[j]) + (a6 * w6[j] + a7 * w7[j])
+                )
+        i += 8
+    while i < K:
+        w0 = W[i]
+        for r in range(B):
+            a0, y = A[r, i], Y[r]
+            for j in range(G):
+                y[j] += a0 * w0[j]
+        i += 1
 
 
 @njit(**_jit_matvec)
@@ -242,15 +274,14 @@ def lstm_step(h, c, acts, cn, st, xw, hw, h0, c0, b, gx, bx, gh, bh, gc, bc, act
 
 @njit(**_jit)
 def lstm_steps(h, c, acts, cn, st, xw, hw, Wh, b, gx, bx, gh, bh, gc, bc, active, eps, ln, tmp):
-    """``lstm_step`` for t = 0..T-1, with hw[t] = h[t] Wh computed in the loop (``matvec``).
+    """``lstm_step`` for t = 0..T-1, with hw[t] = h[t] Wh computed in the loop (``matmat``).
 
     h, c: (T + 1, B, H), h[0], c[0] the initial state, h[t + 1], c[t + 1] out; acts: (T, B, 4H),
     cn: (T, B, H), st: (T, B, 6) out; xw: (T, B, 4H); hw: (T, B, 4H) out; Wh: (H, 4H); active:
     (T, B); the rest as ``lstm_step``.
     """
     for t in range(xw.shape[0]):
-        for r in range(h.shape[1]):
-            matvec(hw[t, r], h[t, r], Wh)
+        matmat(hw[t], h[t], Wh)
         lstm_step(
             h[t + 1], c[t + 1], acts[t], cn[t], st[t], xw[t], hw[t], h[t], c[t],
             b, gx, bx, gh, bh, gc, bc, active[t], eps, ln, tmp,
@@ -417,14 +448,13 @@ def gru_step(
 def gru_steps(
     h, acts, st, xw, hw, Wh, gx, bx, gh, bh, gxn, bxn, ghn, bhn, bxp, bhp, active, eps, ln, tmp
 ):
-    """``gru_step`` for t = 0..T-1, with hw[t] = h[t] Wh computed in the loop (``matvec``).
+    """``gru_step`` for t = 0..T-1, with hw[t] = h[t] Wh computed in the loop (``matmat``).
 
     h: (T + 1, B, H), h[0] the initial state, h[t + 1] out; acts: (T, B, 4H), st: (T, B, 8) out;
     xw: (T, B, 3H); hw: (T, B, 3H) out; Wh: (H, 3H); active: (T, B); the rest as ``gru_step``.
     """
     for t in range(xw.shape[0]):
-        for r in range(h.shape[1]):
-            matvec(hw[t, r], h[t, r], Wh)
+        matmat(hw[t], h[t], Wh)
         gru_step(
             h[t + 1], acts[t], st[t], xw[t], hw[t], h[t], gx, bx, gh, bh, gxn, bxn, ghn, bhn,
             bxp, bhp, active[t], eps, ln, tmp,
@@ -563,15 +593,14 @@ def rnn_step(h, st, xw, hw, h0, g, b, active, eps, ln):
 
 @njit(**_jit)
 def rnn_steps(h, st, xw, hw, Wh, g, b, active, eps, ln):
-    """``rnn_step`` for t = 0..T-1, with hw[t] = h[t] Wh computed in the loop (``matvec``).
+    """``rnn_step`` for t = 0..T-1, with hw[t] = h[t] Wh computed in the loop (``matmat``).
 
     h: (T + 1, B, H), h[0] the initial state, h[t + 1] out; st: (T, B, 2) out; xw: (T, B, H)
     (each xw[t] becomes xw[t] + hw[t], as in ``rnn_step``); hw: (T, B, H) out; Wh: (H, H);
     active: (T, B); the rest as ``rnn_step``.
     """
     for t in range(xw.shape[0]):
-        for r in range(h.shape[1]):
-            matvec(hw[t, r], h[t, r], Wh)
+        matmat(hw[t], h[t], Wh)
         rnn_step(h[t + 1], st[t], xw[t], hw[t], h[t], g, b, active[t], eps, ln)
 
 

@@ -3,10 +3,11 @@ through time. Parameterization, gate order and initialization: PAPER.md §3.
 
 Matrix products go to BLAS (NumPy's ``@``): the input projection of all T steps as one GEMM, the
 recurrence as one GEMM per step; everything between them is one fused ``@njit`` pass per step
-(``lnnumba.cpu.cells``), which uses the same layer-norm row routine as ``layer_norm``. A batch of
-one with a recurrent matrix of at most ``KERNEL_LOOP_MAX_BYTES`` (the inference path of a small
-model) runs the loop over time in one kernel call instead, recurrent product included: per step
-that saves a BLAS call and a kernel launch, which cost as much as the step's own arithmetic.
+(``lnnumba.cpu.cells``), which uses the same layer-norm row routine as ``layer_norm``. A small
+batch with a small recurrent matrix (``KERNEL_LOOP_MAX_BYTES``, ``KERNEL_LOOP_MAX_WORK_BYTES``:
+the inference path of a small model, a server's batch of requests) runs the loop over time in
+one kernel call instead, recurrent product included: per step that saves a BLAS call and a
+kernel launch, which cost more than the step's own arithmetic.
 ``step`` at batch one (the serving path) runs in one kernel call too, with its two products split
 over the cores (``matvec_pair``; see ``STEP_SPLIT_MIN_BYTES``).
 
@@ -25,10 +26,17 @@ from .. import _args, _memory
 from ..cpu import cells as _k
 from ..cpu.norm import blas_recent, note_blas, parallel_lock, slow_parallel_launch
 
-# Largest recurrent matrix Wh (bytes) for which a batch of one runs its loop over time inside one
-# kernel call, with the kernel's own matrix-vector product: up to about a core's L2 cache it is
-# as fast as BLAS; past it BLAS is faster (LSTM H=256 float32: Wh is 1 MB).
+# Largest recurrent matrix Wh (bytes) for which a small batch runs its loop over time inside one
+# kernel call, with the kernel's own product (``cpu.cells.matmat``): at batch one, up to about a
+# core's L2 cache it is as fast as BLAS; past it BLAS is faster (LSTM H=256 float32: Wh is 1 MB).
 KERNEL_LOOP_MAX_BYTES = 1 << 20
+# ... and the most work per step (batch rows times Wh's bytes) for which it does: per step, the
+# BLAS loop pays a NumPy product (25 us for 7x128 @ 128x512 float32, one thread or two) and a
+# kernel call; the kernel loop's product costs in proportion to the batch. Forward, T=100,
+# float32, LN, the kernel loop against the BLAS loop side by side on 2 cores: LSTM H=128 (I=32)
+# B=8 (2 MB) 1.13x, B=12 (3 MB) 1.01x, B=16 (4 MB) 0.84x; LSTM H=256 (I=128) B=4 (4 MB) 1.52x;
+# GRU H=128 B=8 1.92x, B=16 (3 MB) 1.21x; RNN H=128 B=4 2.95x, B=16 1.53x, B=32 (2 MB) 1.12x.
+KERNEL_LOOP_MAX_WORK_BYTES = 3 << 20
 
 # Per-thread scratch of the batch-of-one ``step`` (``_Cell._one_scratch``).
 _one_scratch = threading.local()
@@ -223,8 +231,10 @@ class _Cell:
     @staticmethod
     def _kernel_loop(B, Wh):
         """Whether the loop over time runs inside one kernel call (``_steps``) rather than as a
-        BLAS product and a kernel call per step: for a batch of one and a small Wh."""
-        return B == 1 and Wh.nbytes <= KERNEL_LOOP_MAX_BYTES
+        BLAS product and a kernel call per step: for a small batch and a small Wh
+        (``KERNEL_LOOP_MAX_BYTES``, ``KERNEL_LOOP_MAX_WORK_BYTES``)."""
+        n = Wh.nbytes
+        return n <= KERNEL_LOOP_MAX_BYTES and B * n <= KERNEL_LOOP_MAX_WORK_BYTES
 
     def _check_x(self, x, ndim, what):
         if (  # the common case, checked fast
