@@ -34,54 +34,24 @@ _jit_matvec = dict(nogil=True, cache=True, fastmath={"contract", "nsz", "reassoc
 
 
 @njit(**_jit_matvec)
-def matvec_rows(y, a, W, k0, k1):
-    """y = a[k0:k1] @ W[k0:k1] for one row. y: (G,) out; a: (K,); W: (K, G) C-contiguous.
+def matmat_rows(Y, A, W, k0, k1):
+    """Y = A[:, k0:k1] @ W[k0:k1] for a small batch. Y: (B, G) out; A: (B, K); W: (K, G)
+    C-contiguous.
 
-    Eight rows of W at a time, so y (in L1) is loaded and stored once per eight rows of W, and W
-    streams through in memory order; the loop over G vectorizes. As fast as BLAS while W fits in
-    the core's L2 cache (the callers take it only then).
-    """
-    G = W.shape[1]
-    t = y.dtype.type
-    for j in range(G):
-        y[j] = t(0)
-    i = k0
-    while i + 8 <= k1:
-        a0, a1, a2, a3 = a[i], a[i + 1], a[i + 2], a[i + 3]
-        a4, a5, a6, a7 = a[i + 4], a[i + 5], a[i + 6], a[i + 7]
-        w0, w1, w2, w3 = W[i], W[i + 1], W[i + 2], W[i + 3]
-        w4, w5, w6, w7 = W[i + 4], W[i + 5], W[i + 6], W[i + 7]
-        for j in range(G):
-            y[j] += ((a0 * w0[j] + a1 * w1[j]) + (a2 * w2[j] + a3 * w3[j])) + (
-                (a4 * w4[j] + a5 * w5[j]) + (a6 * w6[j] + a7 * w7[j])
-            )
-        i += 8
-    while i < k1:
-        a0 = a[i]
-        w0 = W[i]
-        for j in range(G):
-            y[j] += a0 * w0[j]
-        i += 1
-
-
-@njit(**_jit_matvec)
-def matmat(Y, A, W):
-    """Y = A @ W for a small batch. Y: (B, G) out; A: (B, K); W: (K, G) C-contiguous.
-
-    ``matvec_rows`` for every row of the batch at once: each block of eight rows of W is taken
-    for all the batch's rows in turn while it is in L1, so W streams through once a call rather
-    than once a row. Each row's arithmetic is ``matvec_rows``' (the same bits for a row whatever
-    the batch).
+    Eight rows of W at a time, taken for every row of the batch in turn while they are in L1: a
+    row of Y (in L1) is loaded and stored once per eight rows of W, W streams through once a call
+    in memory order, and the loop over G vectorizes. Each row's arithmetic is the same whatever
+    the batch. As fast as BLAS at batch one while W fits in the core's L2 cache (the callers take
+    it only then); at larger batches see ``nn.cells.KERNEL_LOOP_MAX_WORK_BYTES``.
     """
     B, G = Y.shape
-    K = W.shape[0]
     t = Y.dtype.type
     for r in range(B):
         y = Y[r]
         for j in range(G):
             y[j] = t(0)
-    i = 0
-    while i + 8 <= K:
+    i = k0
+    while i + 8 <= k1:
         w0, w1, w2, w3 = W[i], W[i + 1], W[i + 2], W[i + 3]
         w4, w5, w6, w7 = W[i + 4], W[i + 5], W[i + 6], W[i + 7]
         for r in range(B):
@@ -93,13 +63,26 @@ def matmat(Y, A, W):
                     (a4 * w4[j] + a5 * w5[j]) + (a6 * w6[j] + a7 * w7[j])
                 )
         i += 8
-    while i < K:
+    while i < k1:
         w0 = W[i]
         for r in range(B):
             a0, y = A[r, i], Y[r]
             for j in range(G):
                 y[j] += a0 * w0[j]
         i += 1
+
+
+@njit(**_jit_matvec)
+def matmat(Y, A, W):
+    """Y = A @ W for a small batch (``matmat_rows`` over all of W's rows)."""
+    matmat_rows(Y, A, W, 0, W.shape[0])
+
+
+@njit(**_jit_matvec)
+def matvec_rows(y, a, W, k0, k1):
+    """y = a[k0:k1] @ W[k0:k1] for one row (``matmat_rows`` of a batch of one). y: (G,) out;
+    a: (K,); W: (K, G) C-contiguous."""
+    matmat_rows(y.reshape((1, y.shape[0])), a.reshape((1, a.shape[0])), W, k0, k1)
 
 
 @njit(**_jit_matvec)
