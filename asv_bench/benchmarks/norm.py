@@ -89,3 +89,32 @@ class RMSNorm:
 
     def time_backward(self, shape, dtype):
         lnnumba.rms_norm_backward(self.dy, self.x, self.rstd, self.w)
+
+
+class LayerStackStep:
+    """A training step's pattern: k layer norms forward, each output the next input, then
+    backward through all of them, outputs allocated per call (float32). Several large outputs
+    alive at once and freed together: what ``lnnumba._memory``'s pool is for (without it,
+    thousands of page faults a step)."""
+
+    params = (["512x1024x6", "2048x1024x4", "4096x1024x2"],)
+    param_names = ["shape_x_layers"]
+    timeout = 120
+
+    def setup(self, shape_x_layers):
+        M, N, k = map(int, shape_x_layers.split("x"))
+        self.x, self.w, self.k = data((M, N), "float32"), data(N, "float32", 2), k
+        self.step()
+
+    def step(self):
+        h, saved = self.x, []
+        for _ in range(self.k):
+            y, mean, rstd = lnnumba.layer_norm_forward(h, self.w)
+            saved.append((h, mean, rstd))
+            h = y
+        g = h
+        for hk, mean, rstd in reversed(saved):
+            g = lnnumba.layer_norm_backward(g, hk, mean, rstd, self.w)[0]
+
+    def time_step(self, shape_x_layers):
+        self.step()
