@@ -50,8 +50,10 @@ def dtypes(fn, name, dt):
         return _DTYPES[dt]
     except KeyError:
         pass
-    if not dt.isnative and dt.newbyteorder("=") in _DTYPES:  # the other byte order
-        return _DTYPES[dt.newbyteorder("=")]
+    if not dt.isnative:  # the other byte order: as the machine's
+        nat = dt.newbyteorder("=")
+        if nat in _DTYPES:
+            return _DTYPES[nat]
     if dt.kind in "iub":
         return _F64, _F64
     raise TypeError(
@@ -71,7 +73,7 @@ def as_array(fn, name, a):
     arrays of the other byte order copied); TypeError for what is not an array of numbers, and
     for a masked array with masked elements."""
     if type(a) is np.ndarray:
-        return a if a.dtype.isnative else native(a)
+        return native(a)
     if isinstance(a, np.ndarray):
         if isinstance(a, np.ma.MaskedArray) and np.ma.is_masked(a):
             raise TypeError(

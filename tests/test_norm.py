@@ -413,7 +413,7 @@ def test_small_input_short_path_equals_the_full_checks(rng, monkeypatch):
         "big-endian out is x": (x.astype(">f4"), w, None, {"out": lambda v: (v, v)}, False),
         "1-d x": (x[0], w, b, {}, False),
         "3-d x": (x[None], w, b, {}, False),
-        # from the parallel kernel's sizes on, the short path calls cpu.norm.forward
+        # from the parallel kernel's sizes on, the short path calls cpu.norm.forward_unaliased
         "above serial size": (big, w, b, {}, True),
         "above serial size, float64": (big.astype(np.float64), None, None, {}, True),
         "above serial size, out": (big, w, b, {"out": lambda v: (v, np.empty_like(v))}, True),
