@@ -4,32 +4,36 @@ Memory that glibc's ``malloc`` takes fresh from the operating system is zeroed b
 page on first touch, and on the project's 2-core machine (a virtual machine) a page fault costs
 microseconds. glibc maps allocations above a threshold (128 KB at first, rising as far as 32 MB
 as such blocks are freed) fresh every time, and hands the top of its heap back once more than
-twice that threshold is free there. A training step's pattern, several outputs alive at once
-and freed together, keeps tripping both. Measured on that machine, float32, k layer norms
-forward then backward, before the pool took arrays from 1 MB (it took them from 32 MB) and
-after, in alternating processes: k=6 at 512x1024 (2 MB each) 3.9-4.4 ms a step with 3000 page
-faults, then 0.6-0.7 ms with none; k=4 at 1024x1024 4.8-6.7 against 1.0-1.2 ms; k=4 at
-2048x1024 6.1-11.7 against 3.4-3.8 ms; k=2 at 4096x1024 6.5-7.2 against 2.9-3.6 ms; k=1 at
-6144x1024 about 5.0 against 2.5-2.8 ms. Single calls repeated with the same shape, where glibc
-does reuse its memory, ran as fast as before. At 32 MB and up every allocation is mapped fresh:
-a 4096x1024 float64 ``layer_norm`` took 4.1 ms allocating its output against 1.7 ms from
-reused memory. An LSTM's training step (T=100, B=32, H=256) holds about 60 MB of buffers of
-1-13 MB, and took about 4000 page faults a step.
+twice that threshold is free there. A training step's pattern, several outputs alive at once and
+freed together, keeps tripping both. Measured on that machine, float32, k layer norms forward
+then backward, before the pool took arrays from 1 MB (it took them from 32 MB) and after, in
+alternating processes: k=6 at 512x1024 (2 MB each) 3.9-4.4 ms a step with 3000 page faults, then
+0.6-0.7 ms with none; k=4 at 1024x1024 4.8-6.7 against 1.0-1.2 ms; k=4 at 2048x1024 6.1-11.7
+against 3.4-3.8 ms; k=2 at 4096x1024 6.5-7.2 against 2.9-3.6 ms; k=1 at 6144x1024 about 5.0
+against 2.5-2.8 ms. Single calls repeated with the same shape, where glibc does reuse its
+memory, ran as fast as before. Arrays far below 1 MB trip it too, once enough of them are freed
+together: with the pool taking arrays from 64 KB rather than 1 MB, k=6 at 128x1024 (512 KB each)
+ran 5.7x faster (1000 page faults a step before), k=12 at 24x1024 (96 KB) 4x; an LSTM's forward
+(T=100, B=4, H=128, 800 KB buffers) 2.3x and an RNN's training step (T=100, B=16, H=128) 1.4x;
+single calls from 64 KB to 1 MB within -4% and +11% of their time. At 32 MB and up every
+allocation is mapped fresh: a 4096x1024 float64 ``layer_norm`` took 4.1 ms allocating its output
+against 1.7 ms from reused memory. An LSTM's training step (T=100, B=32, H=256) holds about 60
+MB of buffers of 1-13 MB, and took about 4000 page faults a step.
 
 ``empty`` hands out arrays of ``POOL_MIN_BYTES`` or more from a pool of buffers it has
 allocated: each array it returns is a view of one of them (its ``base``), and a buffer is taken
 again, for an array of the same shape and dtype, only once no array or view of it is alive,
 which its reference count tells (every view of a view of it refers to it directly; checked on
-import, and where the interpreter counts otherwise, every array comes from ``np.empty``). Smaller
-arrays come from ``np.empty`` (the pool's bookkeeping costs about 0.4 us a call, ``np.empty``
-0.2-0.6 us). Before it allocates a new buffer, the pool drops free ones, used longest ago first,
-until they total at most ``POOL_MAX_BYTES``. A program that repeats its steps with the same
-shapes allocates nothing new after its first step, so the bound does not touch it; one whose
-shapes keep changing keeps little. The HTTP server of examples/serve.py, whose batches of
-prefixes have ever new shapes (benchmarks/load_test.py, 1600 requests), grew from 174 MB to
-277-292 MB with a bound of 64 MB, and to 205-229 MB with 16 MB; before the pool took arrays
-below 32 MB, from 197 MB to 211-222 MB. ``release_memory()`` (public as
-``lnnumba.release_memory``) hands all the free buffers back.
+import, and where the interpreter counts otherwise, every array comes from ``np.empty``). A
+buffer is claimed without a lock (see ``empty``): a pooled array costs about 0.3 us, against
+0.12 us for ``np.empty``; smaller arrays come from ``np.empty``. Before it allocates a new
+buffer, the pool drops free ones, used longest ago first, until they total at most
+``POOL_MAX_BYTES``. A program that repeats its steps with the same shapes allocates nothing new
+after its first step, so the bound does not touch it; one whose shapes keep changing keeps
+little. The HTTP server of examples/serve.py, whose batches of prefixes have ever new shapes
+(benchmarks/load_test.py, 1600 requests), grew from 174 MB to 277-292 MB with a bound of 64 MB,
+and to 205-229 MB with 16 MB; before the pool took arrays below 32 MB, from 197 MB to 211-222
+MB. ``release_memory()`` (public as ``lnnumba.release_memory``) hands all the free buffers back.
 
 A pooled array does not own its memory (``a.flags.owndata`` is False; ``a.base`` is the pool's
 buffer), so ``a.resize`` cannot resize it in place.
@@ -44,7 +48,7 @@ import threading
 import numpy as np
 
 # Arrays of at least this many bytes come from the pool.
-POOL_MIN_BYTES = 1 << 20
+POOL_MIN_BYTES = 64 << 10
 # Free buffers the pool keeps when it allocates a new one, at most (bytes).
 POOL_MAX_BYTES = 16 << 20
 # Alignment of a pooled array's data (a cache line, and an AVX-512 vector).
@@ -110,12 +114,19 @@ def empty(shape, dtype):
     nbytes = _sizes.get(key)
     if nbytes is not None and nbytes < POOL_MIN_BYTES:
         return np.empty(shape, dtype)
-    if key in _pool:  # (read without the lock)
-        with _lock:
-            for e in _pool.get(key, ()):
-                if _refs(e) == _IDLE_REFS:
+    es = _pool.get(key)
+    if es is not None:
+        # Claimed without the lock: a view is made first, and kept only if it is then the one
+        # view alive. Two threads that both make a view of the same buffer both see two and
+        # let go; one that makes its view after another's check sees two. A buffer dropped
+        # from the pool meanwhile (``_drop``) stays valid while the view refers to it.
+        for e in es:
+            if _refs(e) == _IDLE_REFS:
+                a = e[1].view()
+                if _refs(e) == _IDLE_REFS + 1:
                     e[2] = next(_ticks)
-                    return e[1].view()  # (refers to buf before the lock is released)
+                    return a
+                del a
     dtype = np.dtype(dtype)
     if nbytes is None:
         nbytes = math.prod(shape) * dtype.itemsize

@@ -59,7 +59,7 @@ def layer_norm(x, weight=None, bias=None, *, eps=1e-5, axis=-1, out=None):
     Returns
     -------
     y : ndarray, x's shape, the result dtype (float16 for float16 x, float64 for integer x)
-        (``out`` itself when given). Outputs of 1 MB or more reuse the memory of freed ones
+        (``out`` itself when given). Outputs of 64 KB or more reuse the memory of freed ones
         and do not own it (see ``lnnumba.release_memory``).
 
     Raises

@@ -172,6 +172,50 @@ def test_threads_never_share_live_memory(pool, rng):
             ptrs.add(y.ctypes.data)
 
 
+def test_concurrent_claims_of_one_shape_never_share_a_buffer(pool, monkeypatch):
+    """Buffers are claimed without a lock: threads that race for the same few free buffers,
+    switching as often as the interpreter allows and at every reference count the pool reads,
+    never hold the same one at once."""
+    import sys
+    import threading
+    import time
+
+    refs = P._refs
+
+    def refs_then_switch(entry):
+        n = refs(entry)
+        time.sleep(0)  # lets another thread run between this read and the pool's next step
+        return n
+
+    monkeypatch.setattr(P, "_refs", refs_then_switch)
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        start = threading.Barrier(6)
+        clashes = []
+
+        def work(i):
+            start.wait()
+            for k in range(300):
+                a = pool.empty((32, 64), np.float32)  # 8 KB: pooled here
+                a.fill(i * 1000 + k)
+                b = pool.empty((32, 64), np.float32)  # a second one while a is held
+                b.fill(-i)
+                if not (a == i * 1000 + k).all() or not (b == -i).all():
+                    clashes.append((i, k))
+                del a, b
+
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert not clashes
+    assert 2 <= len(P._pool[((32, 64), np.float32)]) <= 12  # reused, not one per call
+
+
 @pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs os.fork")
 @pytest.mark.filterwarnings("ignore:This process .* is multi-threaded")  # Python >= 3.12
 def test_forked_child_can_allocate_while_a_parent_thread_holds_the_lock(pool):
