@@ -2,7 +2,8 @@
 
     python benchmarks/cells.py [--quick]
 
-- inference: T=100, B=1, I=128, H=256, forward only (PyTorch under no_grad);
+- inference: T=100, B=1, I=128, H=256, forward only (lnnumba's ``predict``, PyTorch under
+  no_grad);
 - training: T=100, B=32, I=256, H=512, forward + backward (PyTorch autograd);
 - step latency at B=1, H=256 and 1024 (I=H), next to the time of its two matrix-vector
   products alone on the same weights (x Wx and h Wh, the faster of NumPy's BLAS and lnnumba's
@@ -64,9 +65,11 @@ def _time_cell(case, cell, T, B, train, peers, rng, mt, rep):
     G = rng.standard_normal((T, B, H)).astype(np.float32)
 
     def ours():
-        hs, last, cache = cell.forward(x)
         if train:
+            hs, last, cache = cell.forward(x)
             cell.backward(G, cache)
+        else:
+            cell.predict(x)  # inference: nothing kept for a backward pass
 
     f = {"lnnumba": ours}
     if torch is not None:
@@ -117,6 +120,14 @@ def bench_sequence(label, T, B, I, H, train, rng, mt, rep):
 def describe(r):
     """One line of text for a result of bench_sequence or bench_step."""
     ms = r["ms"]
+    if "peak_mb" in r:
+        pk = r["peak_mb"]
+        return (
+            f"{r['case']} T={r['T']} B={r['B']} I={r['I']} H={r['H']} (float32, outputs "
+            f"{r['outputs_mb']:.0f} MB): peak memory {pk['forward']:.0f} MB against "
+            f"{pk['predict']:.0f} MB, time {ms['forward']:.1f} ms against {ms['predict']:.1f} ms "
+            f"({r['predict_speedup']:.2f}x)"
+        )
     head = f"{r['case']} T={r.get('T')} B={r.get('B')} I={r.get('I')} H={r['H']}: lnnumba "
     if r["case"].startswith(("LN-", "plain")):
         line = head + f"{ms['lnnumba']:.2f} ms"
@@ -249,6 +260,36 @@ def bench_plain(kind, T, B, I, H, train, rng, mt, rep):
     return r
 
 
+def bench_predict(kind, T, B, I, H, rng, mt, rep):
+    """A cell's ``forward`` (which keeps what ``backward`` needs) against its ``predict`` (which
+    keeps nothing): peak memory the call allocates (tracemalloc, which sees NumPy's arrays; free
+    buffers of the pool released first) and time, side by side."""
+    import tracemalloc
+
+    cell = {"RNN": lnnumba.RNN, "LSTM": lnnumba.LSTM, "GRU": lnnumba.GRU}[kind](I, H, seed=0)
+    x = rng.standard_normal((T, B, I)).astype(np.float32)
+    f = {"forward": lambda: cell.forward(x), "predict": lambda: cell.predict(x)}
+    peak = {}
+    for name, call in f.items():
+        lnnumba.release_memory()
+        tracemalloc.start()
+        try:
+            out = call()
+            peak[name] = tracemalloc.get_traced_memory()[1] / 2**20
+        finally:
+            tracemalloc.stop()
+        del out
+    t = best_times(f, mt, rep)
+    return {
+        "case": f"LN-{kind} forward vs predict",
+        "T": T, "B": B, "I": I, "H": H,
+        "ms": {k: v * 1e3 for k, v in t.items()},
+        "peak_mb": peak,
+        "outputs_mb": T * B * H * 4 / 2**20,
+        "predict_speedup": t["forward"] / t["predict"],
+    }  # fmt: skip
+
+
 def run(quick=False):
     mt, rep = (0.02, 3) if quick else (0.1, 7)
     rng = np.random.default_rng(0)
@@ -271,6 +312,7 @@ def run(quick=False):
             for kind in ("RNN", "LSTM", "GRU")
             for B, train in ((1, False), (32, True))
         ]
+        + [bench_predict(kind, 100, 256, 128, 256, rng, mt, rep) for kind in ("LSTM", "GRU")]
     )
 
 

@@ -240,7 +240,10 @@ lnnumba's LN-LSTM against the same LN-LSTM in eager PyTorch (`F.layer_norm` + ma
 for the backward); `torch.nn.LSTM` without LN for context. Then the LN-GRU and LN-RNN against
 the same cells in eager PyTorch (T=100, I=128, H=256; inference B=1, training B=32); then each
 plain cell (no LN) against the `torch.nn` cell that computes the same thing (PyTorch's fused
-C++ cells, which have no LN variant), with the same sizes.
+C++ cells, which have no LN variant), with the same sizes. Inference runs lnnumba's `predict`
+(the forward without a cache), PyTorch under `no_grad`. The last lines compare a cell's
+`forward`, which keeps what `backward` needs, with its `predict` at a large batch: the peak
+memory each call allocates and their times.
 
 {chr(10).join("    " + cells.describe(r) for r in data["cells"])}
 

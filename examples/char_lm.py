@@ -70,7 +70,7 @@ class CharLM:
 
     def loss(self, xs, ys, state):
         e, _ = self.emb.forward(xs)
-        hs, last, _ = self.cell.forward(e, state)
+        hs, last = self.cell.predict(e, state)
         logits, _ = self.head.forward(hs)
         T, B, V = logits.shape
         return lnnumba.softmax_cross_entropy(logits.reshape(T * B, V), ys.reshape(-1))[0], last

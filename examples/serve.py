@@ -8,9 +8,10 @@ distribution for a text prefix, with concurrent requests micro-batched into one 
 Endpoints: ``POST /v1/next`` with ``{"text": str, "top": int (default 10)}`` returns
 ``{"next": [[char, probability], ...]}`` (most likely first); ``GET /health``; ``GET /metrics``
 (request count by status, and a latency histogram). Requests arriving within ``--window-ms`` of
-each other are run as one batch: one ``forward`` over the prefixes, of different lengths, with
-``lengths`` masking. Malformed JSON, characters outside the model's vocabulary and oversized
-input get a 4xx with a message. Needs the ``serve`` extra (Starlette, uvicorn).
+each other are run as one batch: one ``predict`` (the cell's forward without a cache) over the
+prefixes, of different lengths, with ``lengths`` masking. Malformed JSON, characters outside the
+model's vocabulary and oversized input get a 4xx with a message. Needs the ``serve`` extra
+(Starlette, uvicorn).
 """
 
 import argparse
@@ -45,7 +46,7 @@ def load_char_lm(path):
 
 
 class Batcher:
-    """Collects concurrent requests for ``window`` seconds and answers them with one forward."""
+    """Collects concurrent requests for ``window`` seconds and answers them with one predict."""
 
     def __init__(self, model, vocab, window, max_batch=64):
         self.model, self.vocab, self.window, self.max_batch = model, vocab, window, max_batch
@@ -94,7 +95,7 @@ class Batcher:
         lengths = np.array([len(s) for s in seqs])
         m = self.model
         e, _ = m.emb.forward(ids)
-        _, last, _ = m.cell.forward(e, None, lengths)
+        _, last = m.cell.predict(e, None, lengths)
         logits = m.head.forward(last[0])[0].astype(np.float64)
         p = np.exp(logits - logits.max(axis=1, keepdims=True))
         return p / p.sum(axis=1, keepdims=True)

@@ -404,6 +404,66 @@ def test_work_buffers_are_written_before_they_are_read(kind, cls, ln, B, rng, mo
         np.testing.assert_array_equal(g, w)
 
 
+@pytest.mark.parametrize("kind,cls", CELLS)
+@pytest.mark.parametrize("ln", [True, False])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("B", [1, 3])
+@pytest.mark.parametrize("kernel_loop", [True, False])
+def test_predict_equals_forward(kind, cls, ln, dtype, B, kernel_loop, rng, monkeypatch):
+    """``predict`` (no cache, time in chunks) gives ``forward``'s outputs and last state, with
+    steps one per chunk, a few per chunk and all in one, in the kernel loop and the BLAS loop,
+    with and without ended sequences."""
+    if not kernel_loop:
+        monkeypatch.setattr(NC, "KERNEL_LOOP_MAX_WORK_BYTES", 0)
+    cell = make_cell(cls, ln, dtype)
+    T = 7
+    x = rng.standard_normal((T, B, 3)).astype(dtype)
+    st = rand_state(cell, B, rng, dtype)
+    GH = cell.G * cell.hidden_size * np.dtype(dtype).itemsize
+    tol = 1e-12 if dtype == np.float64 else 2e-6
+    for lengths in (None, np.array([7, 3, 0][:B])):
+        hs, last, _ = cell.forward(x, st, lengths)
+        hr, lr = R.cell_forward(kind, cell.params, x, st, lengths, ln)
+        for steps in (1, 3, T):
+            monkeypatch.setattr(NC, "PREDICT_CHUNK_BYTES", steps * B * GH)
+            hp, lp = cell.predict(x, st, lengths)
+            assert hp.shape == hs.shape and hp.dtype == dtype and len(lp) == len(last)
+            np.testing.assert_allclose(hp, hs, rtol=tol, atol=tol)
+            np.testing.assert_allclose(hp, hr, rtol=10 * tol, atol=10 * tol)
+            for a, b in zip(lp, last):
+                assert a.shape == b.shape and a.dtype == dtype
+                np.testing.assert_allclose(a, b, rtol=tol, atol=tol)
+            for b, n in enumerate(lengths if lengths is not None else ()):
+                np.testing.assert_array_equal(hp[n:, b], 0)  # past its length: zero output
+    # nothing before the first step or after the last
+    hp, lp = cell.predict(x[:0], st)
+    assert hp.shape == (0, B, 4) and all(np.array_equal(a, b) for a, b in zip(lp, st))
+
+
+@pytest.mark.parametrize("kind,cls", CELLS)
+@pytest.mark.parametrize("B", [1, 3])
+def test_predict_buffers_are_written_before_they_are_read(kind, cls, B, rng, monkeypatch):
+    """``predict``'s scratch (from ``_Cell._work``) filled with NaN gives the same bits."""
+    cell = make_cell(cls, True)
+    x = rng.standard_normal((6, B, 3))
+    st = rand_state(cell, B, rng)
+    lengths = np.array([6, 2, 5][:B])
+    monkeypatch.setattr(NC, "PREDICT_CHUNK_BYTES", 2 * B * cell.G * 4 * 8)  # 2 steps a chunk
+    want = cell.predict(x, st, lengths)
+    taken = []
+
+    def nan_work(self, shape):
+        taken.append(shape)
+        return np.full(shape, np.nan, self.dtype)
+
+    monkeypatch.setattr(NC._Cell, "_work", nan_work)
+    got = cell.predict(x, st, lengths)
+    assert taken
+    np.testing.assert_array_equal(got[0], want[0])
+    for g, w in zip(got[1], want[1]):
+        np.testing.assert_array_equal(g, w)
+
+
 def test_parameters_and_init():
     c = L.LSTM(3, 5, seed=0)
     assert {k: v.shape for k, v in c.params.items()} == {
@@ -460,6 +520,7 @@ def test_inputs_are_not_modified(rng, split_steps):
     G = rng.standard_normal(hs.shape)
     Gc = G.copy()
     cell.backward(G, cache, st)
+    cell.predict(x, st, np.array([3, 1]))
     cell.step(x[0], st)
     cell.step(x[0, :1], tuple(s[:1] for s in st))
     assert split_steps == ["LSTM"]  # the batch-of-one step split its products
@@ -491,6 +552,14 @@ def test_bad_input():
         c.forward(x, lengths=np.array([1.0]))
     with pytest.raises(ValueError, match="lengths has shape"):
         c.forward(x, lengths=np.array([1, 1]))
+    with pytest.raises(ValueError, match=r"LSTM\.predict: x has 2 dimensions, expected 3"):
+        c.predict(np.zeros((2, 3), np.float32))
+    with pytest.raises(TypeError, match=r"LSTM\.predict: x has dtype float64"):
+        c.predict(np.zeros((2, 1, 3)))
+    with pytest.raises(ValueError, match=r"LSTM\.predict: state\[1\] has shape"):
+        c.predict(x, (np.zeros((1, 4), np.float32), np.zeros((2, 4), np.float32)))
+    with pytest.raises(ValueError, match=r"LSTM\.predict: lengths must lie in"):
+        c.predict(x, lengths=np.array([3]))
     _, _, cache = L.LSTM(3, 4).forward(x)
     with pytest.raises(ValueError, match="cache does not come from this cell"):
         c.backward(np.zeros((2, 1, 4), np.float32), cache)

@@ -103,3 +103,36 @@ def test_step_equals_forward_and_bidirectional_step_refused(rng):
         L.Stacked("gru", 3, 4, bidirectional=True).step(np.zeros((1, 3), np.float32))
     with pytest.raises(ValueError, match="cell must be one of"):
         L.Stacked("transformer", 3, 4)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_predict_equals_forward(cell, bidirectional, rng):
+    net = L.Stacked(cell, 3, 4, num_layers=2, bidirectional=bidirectional, dtype=np.float64, seed=0)
+    T, B = 6, 3
+    x = rng.standard_normal((T, B, 3))
+    st = tuple(rng.standard_normal((2 * net.D, B, 4)) for _ in range(net.n_state))
+    for lengths in (None, np.array([6, 2, 0])):
+        hs, last, _ = net.forward(x, st, lengths)
+        hp, lp = net.predict(x, st, lengths)
+        assert hp.shape == hs.shape == (T, B, 4 * net.D)
+        np.testing.assert_allclose(hp, hs, rtol=1e-12, atol=1e-12)
+        for a, b in zip(lp, last):
+            assert a.shape == b.shape
+            np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+@pytest.mark.parametrize("what", ["forward", "predict"])
+def test_bad_lengths_are_reported_by_the_network(bidirectional, what):
+    net = L.Stacked("gru", 3, 4, bidirectional=bidirectional)
+    run = getattr(net, what)
+    x = np.zeros((3, 2, 3), np.float32)
+    with pytest.raises(ValueError, match=rf"Stacked\.{what}: lengths must lie in \[0, T=3\]"):
+        run(x, lengths=np.array([5, 1]))
+    with pytest.raises(ValueError, match=rf"Stacked\.{what}: lengths has shape"):
+        run(x, lengths=np.array([1, 1, 1]))
+    with pytest.raises(TypeError, match=rf"Stacked\.{what}: lengths must be integers"):
+        run(x, lengths=np.array([1.0, 1.0]))
+    with pytest.raises(ValueError, match=rf"Stacked\.{what}: x has 2 dimensions"):
+        run(x[0])

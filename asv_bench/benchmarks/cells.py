@@ -1,5 +1,5 @@
-"""RNN / LSTM / GRU with and without LN: one inference step at B=1, a sequence forward, and
-forward + backward."""
+"""RNN / LSTM / GRU with and without LN: one inference step at B=1, a sequence forward (with
+and without a cache for the backward pass), and forward + backward."""
 
 import numpy as np
 
@@ -30,6 +30,9 @@ class Cells:
 
     def time_forward(self, cell, layer_norm):
         self.cell.forward(self.x)
+
+    def time_predict(self, cell, layer_norm):
+        self.cell.predict(self.x)
 
     def time_forward_backward(self, cell, layer_norm):
         _, _, cache = self.cell.forward(self.x)

@@ -16,7 +16,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .. import _args
-from .cells import GRU, LSTM, RNN
+from .cells import GRU, LSTM, RNN, check_lengths
 
 _CELLS = {"lstm": LSTM, "gru": GRU, "rnn": RNN}
 
@@ -45,6 +45,7 @@ class Stacked:
     """Multi-layer, optionally bidirectional RNN / LSTM / GRU (see the module docstring).
 
     forward(x, state=None, lengths=None) -> (hs (T, B, D*H), last, cache);
+    predict(x, state=None, lengths=None) -> (hs, last), without a cache (inference);
     backward(dhs, cache, dlast=None) -> (dx, grads, dstate); step(x_t, state) -> state
     (unidirectional only: a reverse direction needs the whole sequence).
     """
@@ -116,6 +117,13 @@ class Stacked:
             for layer in range(self.num_layers)
         ]
 
+    @staticmethod
+    def _lengths(lengths, T, B, what):
+        """The (B,) sequence lengths, checked (T for all when None)."""
+        if lengths is None:
+            return np.full(B, T)
+        return check_lengths(f"Stacked.{what}", lengths, T, B)
+
     def _stack(self, per):
         """Stacked state arrays from per (layer, direction) state tuples."""
         return tuple(
@@ -129,7 +137,7 @@ class Stacked:
             raise ValueError(f"Stacked.forward: x has {x.ndim} dimensions, expected 3: (T, B, I)")
         T, B = x.shape[:2]
         st = self._states(state, B, "forward")
-        lens = np.full(B, T) if lengths is None else np.asarray(lengths)
+        lens = self._lengths(lengths, T, B, "forward")
         rev = _reverse_index(T, lens) if self.bidirectional else None
         caches, last, inp = [], [], x
         for layer, cells in enumerate(self.layers):
@@ -144,6 +152,27 @@ class Stacked:
             last.append(ll)
             inp = outs[0] if self.D == 1 else np.concatenate(outs, axis=2)
         return inp, self._stack(last), StackCache(self, lens, caches, rev)
+
+    def predict(self, x, state=None, lengths=None):
+        """``forward`` without a cache (each cell's ``predict``): returns (hs, last)."""
+        x = _args.as_array("Stacked.predict", "x", x)
+        if x.ndim != 3:
+            raise ValueError(f"Stacked.predict: x has {x.ndim} dimensions, expected 3: (T, B, I)")
+        T, B = x.shape[:2]
+        st = self._states(state, B, "predict")
+        lens = self._lengths(lengths, T, B, "predict")
+        rev = _reverse_index(T, lens) if self.bidirectional else None
+        last, inp = [], x
+        for layer, cells in enumerate(self.layers):
+            outs, ll = [], []
+            for d, cell in enumerate(cells):
+                xin = inp if d == 0 else _take(inp, rev)
+                hs, fin = cell.predict(xin, st[layer][d], lengths)
+                outs.append(hs if d == 0 else _take(hs, rev))
+                ll.append(fin)
+            last.append(ll)
+            inp = outs[0] if self.D == 1 else np.concatenate(outs, axis=2)
+        return inp, self._stack(last)
 
     def backward(self, dhs, cache, dlast=None):
         if not isinstance(cache, StackCache) or cache.owner is not self:

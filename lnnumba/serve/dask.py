@@ -6,8 +6,8 @@
   chunked).
 - ``apply_model_dask(x, path)``: a model saved with ``save_model`` applied to a ``dask.array``:
   a recurrent model (cell or Stacked) to x (T, B, I) chunked along B, returning its outputs
-  (T, B, H); any other model to x (..., features) chunked along the leading dimensions. Each
-  worker loads the model file once.
+  (T, B, H), through ``predict`` (nothing kept for a backward pass); any other model to x
+  (..., features) chunked along the leading dimensions. Each worker loads the model file once.
 """
 
 import functools
@@ -51,7 +51,10 @@ def _model(path):
 
 
 def _apply(block, path):
-    return _model(path).forward(block)[0]
+    model = _model(path)
+    if isinstance(model, (_Cell, Stacked)):
+        return model.predict(block)[0]  # no cache for a backward pass: less memory
+    return model.forward(block)[0]
 
 
 def apply_model_dask(x, path):
