@@ -145,6 +145,18 @@ def empty(shape, dtype):
     return a
 
 
+def aligned(a):
+    """A C-ordered copy of array ``a`` whose data starts on a 64-byte boundary (a cache line and
+    an AVX-512 vector; NumPy's own arrays start wherever malloc puts them, 16 bytes past a line
+    as often as not). The copy does not own its memory (its ``base`` is a byte buffer)."""
+    a = np.asarray(a)
+    buf = np.empty(a.nbytes + _ALIGN, np.uint8)
+    k = -buf.ctypes.data % _ALIGN
+    out = buf[k : k + a.nbytes].view(a.dtype).reshape(a.shape)
+    out[...] = a
+    return out
+
+
 def _idle():
     """(key, entry) of every buffer no array uses."""
     return [(k, e) for k, es in _pool.items() for e in es if _refs(e) == _IDLE_REFS]
