@@ -163,13 +163,19 @@ def test_matmat_rows_are_matvec_rows(B, K, G, dtype, rng):
     A = rng.standard_normal((B, K)).astype(dtype)
     W = rng.standard_normal((K, G)).astype(dtype)
     Y = np.full((B, G), np.nan, dtype)
-    KC.matmat(Y, A, W)
+    KC.matmat(Y, A, W, np.ones(B, bool), np.empty_like(A), np.empty_like(Y))
     y = np.empty(G, dtype)
     for r in range(B):
         KC.matvec_rows(y, A[r], W, 0, K)
         np.testing.assert_array_equal(Y[r], y)
     tol = 1e-12 if dtype == np.float64 else 1e-5
     np.testing.assert_allclose(Y, A.astype(np.float64) @ W, rtol=tol, atol=tol)
+    # rows of ended sequences are skipped, not written; the others keep their bits
+    active = np.arange(B) % 2 == 1
+    Z = np.full((B, G), np.nan, dtype)
+    KC.matmat(Z, A, W, active, np.empty_like(A), np.empty_like(Y))
+    np.testing.assert_array_equal(Z[active], Y[active])
+    assert np.isnan(Z[~active]).all()
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

@@ -73,9 +73,32 @@ def matmat_rows(Y, A, W, k0, k1):
 
 
 @njit(**_jit_matvec)
-def matmat(Y, A, W):
-    """Y = A @ W for a small batch (``matmat_rows`` over all of W's rows)."""
-    matmat_rows(Y, A, W, 0, W.shape[0])
+def matmat(Y, A, W, active, Ac, Yc):
+    """Y[r] = A[r] @ W for the rows r with active[r] (``matmat_rows`` over all of W's rows), for
+    a small batch; the other rows of Y (ended sequences, whose steps do not read them) are not
+    written. Y: (B, G) out; A: (B, K); W: (K, G); active: (B,) bool; Ac: (B, K), Yc: (B, G)
+    scratch. Where some rows have ended, the others are gathered into Ac and computed in one
+    pass over W, with the same arithmetic (bits) as in place."""
+    B, K = A.shape
+    n = 0
+    for r in range(B):
+        n += active[r]
+    if n == B:
+        matmat_rows(Y, A, W, 0, K)
+        return
+    if n == 0:
+        return
+    q = 0
+    for r in range(B):
+        if active[r]:
+            Ac[q] = A[r]
+            q += 1
+    matmat_rows(Yc[:n], Ac[:n], W, 0, K)
+    q = 0
+    for r in range(B):
+        if active[r]:
+            Y[r] = Yc[q]
+            q += 1
 
 
 @njit(**_jit_matvec)
@@ -257,14 +280,16 @@ def lstm_step(h, c, acts, cn, st, xw, hw, h0, c0, b, gx, bx, gh, bh, gc, bc, act
 
 @njit(**_jit)
 def lstm_steps(h, c, acts, cn, st, xw, hw, Wh, b, gx, bx, gh, bh, gc, bc, active, eps, ln, tmp):
-    """``lstm_step`` for t = 0..T-1, with hw[t] = h[t] Wh computed in the loop (``matmat``).
+    """``lstm_step`` for t = 0..T-1, with hw[t] = h[t] Wh computed in the loop (``matmat``; the
+    rows of ended sequences, which the step does not read, left unwritten).
 
     h, c: (T + 1, B, H), h[0], c[0] the initial state, h[t + 1], c[t + 1] out; acts: (T, B, 4H),
     cn: (T, B, H), st: (T, B, 6) out; xw: (T, B, 4H); hw: (T, B, 4H) out; Wh: (H, 4H); active:
     (T, B); the rest as ``lstm_step``.
     """
+    Ac, Yc = np.empty_like(h[0]), np.empty_like(hw[0])  # matmat's scratch
     for t in range(xw.shape[0]):
-        matmat(hw[t], h[t], Wh)
+        matmat(hw[t], h[t], Wh, active[t], Ac, Yc)
         lstm_step(
             h[t + 1], c[t + 1], acts[t], cn[t], st[t], xw[t], hw[t], h[t], c[t],
             b, gx, bx, gh, bh, gc, bc, active[t], eps, ln, tmp,
@@ -431,13 +456,15 @@ def gru_step(
 def gru_steps(
     h, acts, st, xw, hw, Wh, gx, bx, gh, bh, gxn, bxn, ghn, bhn, bxp, bhp, active, eps, ln, tmp
 ):
-    """``gru_step`` for t = 0..T-1, with hw[t] = h[t] Wh computed in the loop (``matmat``).
+    """``gru_step`` for t = 0..T-1, with hw[t] = h[t] Wh computed in the loop (``matmat``; the
+    rows of ended sequences, which the step does not read, left unwritten).
 
     h: (T + 1, B, H), h[0] the initial state, h[t + 1] out; acts: (T, B, 4H), st: (T, B, 8) out;
     xw: (T, B, 3H); hw: (T, B, 3H) out; Wh: (H, 3H); active: (T, B); the rest as ``gru_step``.
     """
+    Ac, Yc = np.empty_like(h[0]), np.empty_like(hw[0])  # matmat's scratch
     for t in range(xw.shape[0]):
-        matmat(hw[t], h[t], Wh)
+        matmat(hw[t], h[t], Wh, active[t], Ac, Yc)
         gru_step(
             h[t + 1], acts[t], st[t], xw[t], hw[t], h[t], gx, bx, gh, bh, gxn, bxn, ghn, bhn,
             bxp, bhp, active[t], eps, ln, tmp,
@@ -576,14 +603,16 @@ def rnn_step(h, st, xw, hw, h0, g, b, active, eps, ln):
 
 @njit(**_jit)
 def rnn_steps(h, st, xw, hw, Wh, g, b, active, eps, ln):
-    """``rnn_step`` for t = 0..T-1, with hw[t] = h[t] Wh computed in the loop (``matmat``).
+    """``rnn_step`` for t = 0..T-1, with hw[t] = h[t] Wh computed in the loop (``matmat``; the
+    rows of ended sequences, which the step does not read, left unwritten).
 
     h: (T + 1, B, H), h[0] the initial state, h[t + 1] out; st: (T, B, 2) out; xw: (T, B, H)
     (each xw[t] becomes xw[t] + hw[t], as in ``rnn_step``); hw: (T, B, H) out; Wh: (H, H);
     active: (T, B); the rest as ``rnn_step``.
     """
+    Ac, Yc = np.empty_like(h[0]), np.empty_like(hw[0])  # matmat's scratch
     for t in range(xw.shape[0]):
-        matmat(hw[t], h[t], Wh)
+        matmat(hw[t], h[t], Wh, active[t], Ac, Yc)
         rnn_step(h[t + 1], st[t], xw[t], hw[t], h[t], g, b, active[t], eps, ln)
 
 

@@ -354,7 +354,8 @@ class _Cell:
         xw = self._work((T, B, GH))
         np.matmul(x.reshape(T * B, I), Wx, out=xw.reshape(T * B, GH))  # one GEMM for all steps
         note_blas(T * B, GH, I)
-        # the steps write h[1:], c[1:] and hw whole, inactive rows included
+        # the steps write h[1:] and c[1:] whole, inactive rows included (hw: the active rows,
+        # the only ones read)
         h = self._work((T + 1, B, H))
         h[0] = st0[0]
         c = self._work((T + 1, B, H)) if self.n_state == 2 else self._empty
