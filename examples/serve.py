@@ -87,18 +87,23 @@ class Batcher:
             self.batches += 1
 
     def _run(self, seqs):
-        """Next-character probabilities (B, V) after each id sequence, one padded batch."""
-        B, T = len(seqs), max(len(s) for s in seqs)
+        """Next-character probabilities (B, V) after each id sequence, one padded batch, run
+        longest first (then each step's products take only the sequences still running)."""
+        order = sorted(range(len(seqs)), key=lambda b: -len(seqs[b]))
+        B, T = len(seqs), len(seqs[order[0]])
         ids = np.zeros((T, B), np.int64)
-        for b, s in enumerate(seqs):
-            ids[: len(s), b] = s
-        lengths = np.array([len(s) for s in seqs])
+        for b, i in enumerate(order):
+            ids[: len(seqs[i]), b] = seqs[i]
+        lengths = np.array([len(seqs[i]) for i in order])
         m = self.model
         e, _ = m.emb.forward(ids)
         _, last = m.cell.predict(e, None, lengths)
         logits = m.head.forward(last[0])[0].astype(np.float64)
         p = np.exp(logits - logits.max(axis=1, keepdims=True))
-        return p / p.sum(axis=1, keepdims=True)
+        p /= p.sum(axis=1, keepdims=True)
+        out = np.empty_like(p)
+        out[order] = p  # back in the requests' order
+        return out
 
 
 def make_app(model, vocab, window=0.002, max_chars=4096):

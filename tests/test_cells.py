@@ -470,6 +470,41 @@ def test_predict_buffers_are_written_before_they_are_read(kind, cls, B, rng, mon
         np.testing.assert_array_equal(g, w)
 
 
+@pytest.mark.parametrize("kind,cls", CELLS)
+@pytest.mark.parametrize("ln", [True, False])
+@pytest.mark.parametrize("kernel_loop", [True, False])
+def test_lengths_sorted_longest_first_equal_any_order(kind, cls, ln, kernel_loop, rng, monkeypatch):
+    """With the sequences sorted longest first, each step's products take only the rows still
+    running (``prefix_rows``); the results are those of the same batch in another order."""
+    if not kernel_loop:
+        monkeypatch.setattr(NC, "KERNEL_LOOP_MAX_WORK_BYTES", 0)
+    cell = make_cell(cls, ln)
+    T, B = 6, 5
+    x = rng.standard_normal((T, B, 3))
+    st = rand_state(cell, B, rng)
+    lengths = np.array([6, 4, 4, 1, 0])
+    G = rng.standard_normal((T, B, 4))
+    Gl = rand_state(cell, B, rng)
+    assert NC.prefix_rows(cell._check_lengths(lengths, T, B)).tolist() == [4, 3, 3, 3, 1, 1]
+    perm = np.array([3, 0, 4, 2, 1])  # an order that is not longest first
+    assert NC.prefix_rows(cell._check_lengths(lengths[perm], T, B)) is None
+
+    def run(p):
+        sp = tuple(s[p] for s in st)
+        hs, last, cache = cell.forward(x[:, p], sp, lengths[p])
+        hp, lp = cell.predict(x[:, p], sp, lengths[p])
+        dx, grads, dst = cell.backward(G[:, p], cache, tuple(g[p] for g in Gl))
+        inv = np.argsort(p)
+        return [hs[:, inv], hp[:, inv], dx[:, inv]] + [a[inv] for a in (*last, *lp, *dst)], grads
+
+    a, ga = run(np.arange(B))
+    b, gb = run(perm)
+    for u, v in zip(a, b):
+        np.testing.assert_allclose(u, v, rtol=1e-12, atol=1e-12)
+    for k in ga:
+        np.testing.assert_allclose(ga[k], gb[k], rtol=1e-12, atol=1e-12)
+
+
 def test_parameters_and_init():
     c = L.LSTM(3, 5, seed=0)
     assert {k: v.shape for k, v in c.params.items()} == {

@@ -139,3 +139,9 @@ def test_serve_api(tmp_path, text):
         m = client.get("/metrics").json()
         assert m["requests"]["200"] == 1 and m["requests"]["400"] == 2
         assert client.post("/v1/next", json={"text": "def"}).status_code == 200  # still serving
+    # a batch of prefixes of different lengths, in no particular order (run longest first):
+    # each row is that prefix's answer alone
+    seqs = [[(3 * k + j) % len(vocab) for j in range(n)] for k, n in enumerate([2, 8, 1, 5, 15])]
+    batch = serve.Batcher(model, vocab, 0.001)._run(seqs)
+    for row, s in zip(batch, seqs):
+        np.testing.assert_allclose(row, serve.Batcher(model, vocab, 0.001)._run([s])[0], atol=1e-6)

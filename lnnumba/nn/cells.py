@@ -69,6 +69,17 @@ STEP_TWO_TASKS_MIN_SHARE = 2 << 20
 _MAX_THREADS = numba.config.NUMBA_NUM_THREADS
 
 
+def prefix_rows(active):
+    """(T,) the number of rows active at each step, where the active rows of every step are
+    the first ones (the sequences sorted longest first, as PyTorch's packed sequences are);
+    None otherwise. active: (T, B) bool. The per-step BLAS products then take those rows
+    only."""
+    n = active.sum(axis=1)
+    if (active == (np.arange(active.shape[1]) < n[:, None])).all():
+        return n
+    return None
+
+
 def check_lengths(fn, lengths, T, B):
     """``lengths`` as an array, checked: (B,) integers in [0, T]; TypeError/ValueError naming
     ``fn`` otherwise."""
@@ -363,19 +374,21 @@ class _Cell:
             c[0] = st0[1]
         hw = self._work((T, B, GH))
         acts, stats, cn, tmp = self._buffers(T, B)
-        self._run_steps(h, c, acts, stats, cn, xw, hw, Wh, active, tmp)
+        rows = None if lengths is None else prefix_rows(active)
+        self._run_steps(h, c, acts, stats, cn, xw, hw, Wh, active, tmp, rows)
         hs = h[1:].copy()
         if lengths is not None:
             hs[~active] = 0
         last = (h[T].copy(), c[T].copy()) if self.n_state == 2 else (h[T].copy(),)
         return hs, last, CellCache(self, x, active, lengths is None, h, c, xw, hw, acts, stats, cn)
 
-    def _run_steps(self, h, c, acts, stats, cn, xw, hw, Wh, active, tmp):
+    def _run_steps(self, h, c, acts, stats, cn, xw, hw, Wh, active, tmp, rows):
         """Steps t = 0..n-1, in the kernel loop (``_kernel_loop``) or as a BLAS product and a
         kernel call per step. h, c: (n + 1, B, H), h[0], c[0] the state before (c: LSTM, else
-        empty); xw: (n, B, G*H) the input products; hw: (n, B, G*H) out; acts, stats, cn:
-        (n, B, ...) out, as ``_buffers`` gives them (empty where the cell has none); active:
-        (n, B); tmp: the step kernels' scratch."""
+        empty); xw: (n, B, G*H) the input products; hw: (n, B, G*H) out, the rows of active
+        sequences (the others are not read); acts, stats, cn: (n, B, ...) out, as ``_buffers``
+        gives them (empty where the cell has none); active: (n, B); tmp: the step kernels'
+        scratch; rows: ``prefix_rows(active)`` or None (every row's product is computed)."""
         n, B = xw.shape[:2]
         lstm = self.n_state == 2
         e = self._empty
@@ -383,7 +396,8 @@ class _Cell:
             self._steps(h, c, acts, stats, cn, xw, hw, Wh, active, tmp)
             return
         for t in range(n):
-            np.matmul(h[t], Wh, out=hw[t])
+            k = B if rows is None else rows[t]
+            np.matmul(h[t][:k], Wh, out=hw[t][:k])
             self._step(
                 h[t + 1],
                 c[t + 1] if lstm else e,
@@ -431,6 +445,7 @@ class _Cell:
         xw = self._work((Tc, B, GH))
         hw = self._work((Tc, B, GH))
         acts, stats, cn, tmp = self._buffers(Tc, B)
+        rows = None if lengths is None else prefix_rows(active)
         for t0 in range(0, T, Tc):
             n = min(Tc, T - t0)
             np.matmul(x[t0 : t0 + n].reshape(n * B, I), Wx, out=xw[:n].reshape(n * B, GH))
@@ -438,6 +453,7 @@ class _Cell:
             self._run_steps(
                 h[t0 : t0 + n + 1], c[: n + 1] if lstm else e, acts[:n] if acts.ndim == 3 else acts,
                 stats[:n], cn[:n] if lstm else e, xw[:n], hw[:n], Wh, active[t0 : t0 + n], tmp,
+                None if rows is None else rows[t0 : t0 + n],
             )  # fmt: skip
             if lstm:
                 c[0] = c[n]  # the chunk's last state, the next one's first
@@ -479,12 +495,18 @@ class _Cell:
         tmp = self._zeros((2, 4 * H))  # step-kernel scratch (LSTM: 2 x 4H; GRU, RNN use less)
         dh = dst[0].copy()  # the kernels write into these buffers
         dc = dst[1].copy() if self.n_state == 2 else self._empty
+        rows = None if cache.all_active else prefix_rows(cache.active)
         for t in range(T - 1, -1, -1):
             act = cache.active[t]
             # an ended row's output is the constant 0: its output gradient goes nowhere
             dh = dh + (dhs[t] if cache.all_active else np.where(act[:, None], dhs[t], 0))
             self._step_backward(t, cache, grads, dxw, dhw[t], dh0, dc0, dh, dc, act, tmp)
-            dh = dh0 + dhw[t] @ Wh.T
+            if rows is None:
+                dh = dh0 + dhw[t] @ Wh.T
+            else:  # the ended rows' dhw is 0: their dh is dh0
+                k = rows[t]
+                dh = dh0.copy()
+                dh[:k] += dhw[t][:k] @ Wh.T
             if self.n_state == 2:
                 dc, dc0 = dc0, dc
         # weight gradients as one GEMM each over all steps
