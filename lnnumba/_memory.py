@@ -76,7 +76,11 @@ def _calibrate():
     """The reference count ``_refs`` reads for a buffer no array uses (its entry and its
     template refer to it; what else the interpreter counts differs between versions), checked
     to rise by one for each view and view of a view and to fall back when they go; None, which
-    turns the pool off, if it does not behave so."""
+    turns the pool off, if it does not behave so, or if the interpreter runs without the GIL
+    (free-threaded CPython): there another thread's view of a buffer need not show in the
+    count this thread reads, and the count's changes are what make a buffer free."""
+    if not getattr(sys, "_is_gil_enabled", lambda: True)():
+        return None
     buf = np.empty(64 + _ALIGN, np.uint8)
     template = buf[:64].view(np.float32).reshape(4, 4)
     entry = [buf, template, 0, 64]

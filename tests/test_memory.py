@@ -27,6 +27,10 @@ def test_reference_counts_behave_as_the_pool_needs(pool, monkeypatch):
     included. Where the interpreter counted otherwise the pool would be off, every array a
     plain one."""
     assert P._IDLE_REFS is not None and P._calibrate() == P._IDLE_REFS
+    import sys
+
+    monkeypatch.setattr(sys, "_is_gil_enabled", lambda: False, raising=False)
+    assert P._calibrate() is None  # free-threaded: the counts do not tell, the pool is off
     monkeypatch.setattr(P, "_IDLE_REFS", None)
     a = pool.empty((64, 33), np.float32)
     assert a.flags.owndata and not P._pool
