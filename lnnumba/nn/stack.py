@@ -132,47 +132,41 @@ class Stacked:
         )
 
     def forward(self, x, state=None, lengths=None):
-        x = _args.as_array("Stacked.forward", "x", x)
+        return self._run("forward", x, state, lengths)
+
+    def predict(self, x, state=None, lengths=None):
+        """``forward`` without a cache (each cell's ``predict``): returns (hs, last)."""
+        hs, last, _ = self._run("predict", x, state, lengths)
+        return hs, last
+
+    def _run(self, what, x, state, lengths):
+        """``forward`` (what "forward": the cells' forward, their caches kept in a StackCache)
+        or ``predict`` (the cells' predict; no cache, None)."""
+        fn = f"Stacked.{what}"
+        x = _args.as_array(fn, "x", x)
         if x.ndim != 3:
-            raise ValueError(f"Stacked.forward: x has {x.ndim} dimensions, expected 3: (T, B, I)")
+            raise ValueError(f"{fn}: x has {x.ndim} dimensions, expected 3: (T, B, I)")
         T, B = x.shape[:2]
-        st = self._states(state, B, "forward")
-        lens = self._lengths(lengths, T, B, "forward")
+        st = self._states(state, B, what)
+        lens = self._lengths(lengths, T, B, what)
         rev = _reverse_index(T, lens) if self.bidirectional else None
+        keep = what == "forward"
         caches, last, inp = [], [], x
         for layer, cells in enumerate(self.layers):
             outs, lc, ll = [], [], []
             for d, cell in enumerate(cells):
                 xin = inp if d == 0 else _take(inp, rev)
-                hs, fin, cache = cell.forward(xin, st[layer][d], lengths)
+                if keep:
+                    hs, fin, cache = cell.forward(xin, st[layer][d], lengths)
+                    lc.append(cache)
+                else:
+                    hs, fin = cell.predict(xin, st[layer][d], lengths)
                 outs.append(hs if d == 0 else _take(hs, rev))
-                lc.append(cache)
                 ll.append(fin)
             caches.append(lc)
             last.append(ll)
             inp = outs[0] if self.D == 1 else np.concatenate(outs, axis=2)
-        return inp, self._stack(last), StackCache(self, lens, caches, rev)
-
-    def predict(self, x, state=None, lengths=None):
-        """``forward`` without a cache (each cell's ``predict``): returns (hs, last)."""
-        x = _args.as_array("Stacked.predict", "x", x)
-        if x.ndim != 3:
-            raise ValueError(f"Stacked.predict: x has {x.ndim} dimensions, expected 3: (T, B, I)")
-        T, B = x.shape[:2]
-        st = self._states(state, B, "predict")
-        lens = self._lengths(lengths, T, B, "predict")
-        rev = _reverse_index(T, lens) if self.bidirectional else None
-        last, inp = [], x
-        for layer, cells in enumerate(self.layers):
-            outs, ll = [], []
-            for d, cell in enumerate(cells):
-                xin = inp if d == 0 else _take(inp, rev)
-                hs, fin = cell.predict(xin, st[layer][d], lengths)
-                outs.append(hs if d == 0 else _take(hs, rev))
-                ll.append(fin)
-            last.append(ll)
-            inp = outs[0] if self.D == 1 else np.concatenate(outs, axis=2)
-        return inp, self._stack(last)
+        return inp, self._stack(last), StackCache(self, lens, caches, rev) if keep else None
 
     def backward(self, dhs, cache, dlast=None):
         if not isinstance(cache, StackCache) or cache.owner is not self:
