@@ -53,3 +53,24 @@ class ServingStep:
 
     def time_step(self, hidden):
         self.cell.step(self.xt, self.state)
+
+
+class PaddedBatch:
+    """An LN-LSTM's predict over a padded batch (T=100, I=64, H=128, float32) whose sequence
+    lengths are spread over 1..T, sorted longest first: a small batch (B=8, the loop over time
+    in one kernel call, where ended rows skip the recurrent product) and a large one (B=64,
+    BLAS products per step over the rows still running)."""
+
+    params = [8, 64]
+    param_names = ["batch"]
+
+    def setup(self, batch):
+        T = 100
+        self.cell = lnnumba.LSTM(64, 128, seed=0)
+        self.x = data((T, batch, 64), np.float32)
+        rng = np.random.default_rng(1)
+        self.lengths = np.sort(rng.integers(1, T + 1, batch))[::-1].copy()
+        self.cell.predict(self.x, None, self.lengths)
+
+    def time_predict(self, batch):
+        self.cell.predict(self.x, None, self.lengths)
