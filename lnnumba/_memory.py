@@ -140,13 +140,19 @@ def empty(shape, dtype):
     if nbytes < POOL_MIN_BYTES or _IDLE_REFS is None:
         return np.empty(shape, dtype)
     _make_room()
-    buf = np.empty(nbytes + _ALIGN, np.uint8)
-    k = -buf.ctypes.data % _ALIGN
-    template = buf[k : k + nbytes].view(dtype).reshape(shape)
+    buf, template = _aligned_empty(shape, dtype, nbytes)
     a = template.view()
     with _lock:
         _pool.setdefault(key, []).append([buf, template, next(_ticks), nbytes])
     return a
+
+
+def _aligned_empty(shape, dtype, nbytes):
+    """(buf, a): buf a uint8 array of nbytes + _ALIGN bytes, a the uninitialized (shape, dtype)
+    C-ordered view of its part that starts on an _ALIGN-byte boundary (nbytes its size)."""
+    buf = np.empty(nbytes + _ALIGN, np.uint8)
+    k = -buf.ctypes.data % _ALIGN
+    return buf, buf[k : k + nbytes].view(dtype).reshape(shape)
 
 
 def aligned(a):
@@ -154,9 +160,7 @@ def aligned(a):
     an AVX-512 vector; NumPy's own arrays start wherever malloc puts them, 16 bytes past a line
     as often as not). The copy does not own its memory (its ``base`` is a byte buffer)."""
     a = np.asarray(a)
-    buf = np.empty(a.nbytes + _ALIGN, np.uint8)
-    k = -buf.ctypes.data % _ALIGN
-    out = buf[k : k + a.nbytes].view(a.dtype).reshape(a.shape)
+    out = _aligned_empty(a.shape, a.dtype, a.nbytes)[1]
     out[...] = a
     return out
 

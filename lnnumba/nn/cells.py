@@ -437,7 +437,7 @@ class _Cell:
         e = self._empty
         step_bytes = max(1, B * GH * self.dtype.itemsize)
         Tc = max(1, min(T, PREDICT_CHUNK_BYTES // step_bytes))  # steps per chunk
-        h = _memory.empty((T + 1, B, H), self.dtype)  # h[1:] is the output
+        h = self._work((T + 1, B, H))  # h[1:] is the output
         h[0] = st0[0]
         c = self._work((Tc + 1, B, H)) if lstm else e  # c[0]: the state before the chunk
         if lstm:
