@@ -65,7 +65,8 @@ def dtypes(fn, name, dt):
 def is_device(a):
     """Whether ``a`` lives on a GPU: a Numba device array (the CUDA simulator's arrays have only
     ``copy_to_host``) or any object exporting ``__cuda_array_interface__``."""
-    return hasattr(a, "__cuda_array_interface__") or hasattr(a, "copy_to_host")
+    # copy_to_host first: a method lookup, where Numba builds __cuda_array_interface__ anew
+    return hasattr(a, "copy_to_host") or hasattr(a, "__cuda_array_interface__")
 
 
 def as_array(fn, name, a):

@@ -30,11 +30,17 @@ def _empty_like_rows(x):
     return _memory.empty(x.shape, x.dtype)
 
 
+_GPU = None
+
+
 def _gpu():
     """The CUDA launchers, imported on first use (needs numba-cuda; the CPU path never does)."""
-    from .gpu import norm
+    global _GPU
+    if _GPU is None:
+        from .gpu import norm
 
-    return norm
+        _GPU = norm
+    return _GPU
 
 
 # --- layer norm -------------------------------------------------------------------------------
@@ -76,7 +82,11 @@ def layer_norm(x, weight=None, bias=None, *, eps=1e-5, axis=-1, out=None):
         return y
     fn = "layer_norm"
     if type(x) is not np.ndarray and _args.is_device(x):
-        return _gpu().forward(fn, x, weight, bias, eps, axis, out, True, False)
+        g = _gpu()
+        y = g.small_forward(x, weight, bias, eps, axis, out, True)
+        if y is not None:
+            return y
+        return g.forward(fn, x, weight, bias, eps, axis, out, True, False)
     x2, w, b, shape, axis, cdt, rdt = _args.prepare(fn, x, weight, bias, axis)
     eps = _args.check_eps(fn, eps)
     if out is None:  # the batch-1 fast path: no further calls
@@ -165,7 +175,11 @@ def rms_norm(x, weight=None, *, eps=1e-6, axis=-1, out=None):
         return y
     fn = "rms_norm"
     if type(x) is not np.ndarray and _args.is_device(x):
-        return _gpu().forward(fn, x, weight, None, eps, axis, out, False, False)
+        g = _gpu()
+        y = g.small_forward(x, weight, None, eps, axis, out, False)
+        if y is not None:
+            return y
+        return g.forward(fn, x, weight, None, eps, axis, out, False, False)
     x2, w, _, shape, axis, cdt, rdt = _args.prepare(fn, x, weight, None, axis)
     eps = _args.check_eps(fn, eps)
     if out is None:

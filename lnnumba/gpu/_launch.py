@@ -11,6 +11,12 @@ packed directly in the layout Numba gives them (``Kernel._prepare_args``): an ar
 The first call of each kernel goes through the dispatcher (which compiles it); later ones launch
 the same compiled function directly. Where numba-cuda's internals differ from what this module
 expects, or under the CUDA simulator, every call goes through the dispatcher.
+
+The compiled function belongs to one CUDA context. ``cuda.current_context()`` finds the calling
+thread's context through a lock and several driver calls; a lean launch instead compares the
+handle that one ``cuCtxGetCurrent`` returns with the function's context and launches only where
+they are the same (anything else, e.g. a thread with no context yet, goes through the
+dispatcher, which sets one up).
 """
 
 import ctypes
@@ -26,9 +32,19 @@ try:  # numba-cuda's own launch function and configuration type (version-depende
     from numba.cuda.cudadrv import driver as _driver
 
     _to_core_stream = _driver._to_core_stream
+    from cuda.bindings import driver as _cudrv
+
+    _cuCtxGetCurrent = _cudrv.cuCtxGetCurrent
     _AVAILABLE = True
 except (ImportError, AttributeError):
     _AVAILABLE = False
+
+
+def _current_context_handle():
+    """The calling thread's current CUDA context as an int (0 where it has none)."""
+    err, h = _cuCtxGetCurrent()
+    return int(h) if not int(err) else 0
+
 
 _ARRAY, _F64, _BOOL = 0, 1, 2
 _lock = threading.Lock()
@@ -43,7 +59,16 @@ class Kernel:
     dispatcher.
     """
 
-    __slots__ = ("dispatcher", "enabled", "_fn", "_kinds", "_configs", "_stream", "_ctx")
+    __slots__ = (
+        "dispatcher",
+        "enabled",
+        "_fn",
+        "_kinds",
+        "_configs",
+        "_stream",
+        "_ctx",
+        "_ctx_handle",
+    )
 
     def __init__(self, dispatcher, enabled=True):
         self.dispatcher = dispatcher
@@ -53,6 +78,7 @@ class Kernel:
         self._configs = {}
         self._stream = None
         self._ctx = None
+        self._ctx_handle = -1  # the function's context as an int, once known
 
     def _setup(self):
         """Take the compiled overload after the first launch; False where it cannot be used."""
@@ -78,10 +104,14 @@ class Kernel:
         self._stream = _to_core_stream(0)
         self._fn = kern._codelibrary.get_cufunc().kernel
         self._ctx = cuda.current_context()  # the function belongs to this context
+        self._ctx_handle = int(self._ctx.handle)
         return True
 
     def __call__(self, grid, block, *args):
-        self.launch(cuda.current_context(), grid, block, *args)
+        if self._fn is not None and _current_context_handle() == self._ctx_handle:
+            self._lean(grid, block, args)
+        else:
+            self.launch(cuda.current_context(), grid, block, *args)
 
     def launch(self, ctx, grid, block, *args):
         fn = self._fn
@@ -97,12 +127,15 @@ class Kernel:
                         self.enabled = False
                         self._fn = None
             return
+        self._lean(grid, block, args)
+
+    def _lean(self, grid, block, args):
+        """Launch the compiled function in its own context (the caller has checked it)."""
         params = []
         for kind, a in zip(self._kinds, args):
             if kind == _ARRAY:
-                params += (0, 0, a.size, a.dtype.itemsize, a.device_ctypes_pointer.value)
-                params += a.shape
-                params += a.strides
+                ptr = a.device_ctypes_pointer.value
+                params += (0, 0, a.size, a.dtype.itemsize, ptr, *a.shape, *a.strides)
             elif kind == _F64:
                 params.append(ctypes.c_double(a))
             else:
@@ -111,4 +144,4 @@ class Kernel:
         config = self._configs.get(key)
         if config is None:
             config = self._configs[key] = _LaunchConfig(grid=grid, block=block)
-        _core_launch(self._stream, config, fn, *params)
+        _core_launch(self._stream, config, self._fn, *params)

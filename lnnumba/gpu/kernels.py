@@ -57,6 +57,10 @@ FULL_MASK = 0xFFFFFFFF
 #   backward (max K 16, groups of at most 512, one block per multiprocessor): about 1.4x at
 #   65536x1024, 1.2x at 16384x4096 and at 4096x16384;
 #   forward (groups of at most 512): 1.24x at 4096x16384, the same elsewhere.
+# On an H200 (2026-11-27), forward max K 4/8/16 x 128-512 threads again: these values were the
+# fastest at all three shapes. So was two reductions against one merged one (each thread's count,
+# mean and squared deviations, merged pairwise as Chan et al.): the merge took 127 registers
+# against 113 and ran at 0.71-0.83x.
 # Rows of 16384 still spill the backward's registers (five values an element, 32 elements a
 # thread); reading x and the weight again in its second pass instead of holding them: 0.83x.
 FWD_MAX_K = 16  # forward: at most this many elements per thread before a group grows
@@ -203,7 +207,7 @@ def _reducers(G, T, sim):
 
 
 @functools.cache
-def forward_kernel(K, G, T, is64, sim):
+def forward_kernel(K, G, T, is64, sim, stats=True):
     """Forward kernel: K elements per thread, groups of G threads, blocks of T threads; float64
     when ``is64`` else float32; ``sim`` selects the simulator's reduction.
 
@@ -211,13 +215,15 @@ def forward_kernel(K, G, T, is64, sim):
     y, x: (M, N); mean, rstd: (M,) (written when ``save``, mean only when ``center``);
     w, b: (N,) (read when has_w/has_b, else any 1-element array); eps: float; center: LN (True)
     or RMSNorm (False). Launch with blocks = ceil(M / (T // G)) and T threads.
+    ``stats=False``: kernel(y, x, w, b, eps, center, has_w, has_b), the same without mean and
+    rstd (14 fewer launch parameters: a small call's launch costs about 0.07 us a parameter).
     """
     dt = float64 if is64 else float32
     R = T // G
     slots, red, _ = _reducers(G, T, sim)
 
-    @_jit(T, sim)
-    def kernel(y, mean, rstd, x, w, b, eps, center, has_w, has_b, save):
+    @cuda.jit(device=True, inline=True)
+    def body(y, mean, rstd, x, w, b, eps, center, has_w, has_b, save):
         sh = cuda.shared.array((2, slots), dt)
         vals = cuda.local.array(K, dt)  # this thread's elements of the row (registers)
         tid = cuda.threadIdx.x
@@ -277,6 +283,18 @@ def forward_kernel(K, G, T, is64, sim):
                 if center:
                     mean[row] = k0 + ms
                 rstd[row] = r
+
+    if stats:
+
+        @_jit(T, sim)
+        def kernel(y, mean, rstd, x, w, b, eps, center, has_w, has_b, save):
+            body(y, mean, rstd, x, w, b, eps, center, has_w, has_b, save)
+
+    else:
+
+        @_jit(T, sim)
+        def kernel(y, x, w, b, eps, center, has_w, has_b):
+            body(y, w, w, x, w, b, eps, center, has_w, has_b, False)  # w: never-written stats
 
     return kernel
 

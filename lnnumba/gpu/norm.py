@@ -19,9 +19,9 @@ _SIM = bool(getattr(cuda, "simulator_is_active", lambda: False)()) or bool(
     getattr(cuda.config, "ENABLE_CUDASIM", False) if hasattr(cuda, "config") else False
 )
 _DUMMY = {}
-
-
 _KERNELS = {}
+_DEVICE_ARRAY = None  # the type of Numba's device arrays (the simulator's under it), once seen
+_F32, _F64 = np.dtype(np.float32), np.dtype(np.float64)
 
 
 def _fast(dispatcher):
@@ -34,9 +34,11 @@ def _fast(dispatcher):
 
 def _dummy(dt):
     """A 1-element device array standing in for an absent weight/bias (never read)."""
+    global _DEVICE_ARRAY
     a = _DUMMY.get(dt)
     if a is None:
         a = _DUMMY[dt] = cuda.device_array(1, dt)
+        _DEVICE_ARRAY = type(a)
     return a
 
 
@@ -115,28 +117,105 @@ def _param(fn, name, p, shape, axis, dt):
     return _shaped(p, math.prod(shape[axis:]))
 
 
+def small_forward(x, w, b, eps, axis, out, center):
+    """``layer_norm`` (center) or ``rms_norm`` on the GPU: y, or None unless every argument is
+    already in the kernels' form. The caller then runs the full checks (``forward``), which
+    raise for bad arguments.
+
+    The form: x a 2-d C-contiguous float32/float64 Numba device array with at least one row and
+    column; axis -1; eps a finite float >= 0; w, b and out None or Numba device arrays of x's
+    dtype, C-contiguous, of shapes (N,), (N,) and x's. The full checks wrap and reshape every
+    argument into a new device array object, each several microseconds of a small call.
+    """
+    T = _DEVICE_ARRAY
+    if not (
+        type(x) is T
+        and type(axis) is int
+        and axis == -1
+        and type(eps) is float
+        and 0.0 <= eps < math.inf
+    ):
+        return None
+    shape = x.shape
+    dt = x.dtype
+    if not (len(shape) == 2 and (dt is _F32 or dt is _F64) and x.is_c_contiguous()):
+        return None
+    M, N = shape
+    if M == 0 or N == 0:
+        return None
+    for p in (w, b):
+        if p is not None and not (
+            type(p) is T and p.shape == (N,) and p.dtype is dt and p.is_c_contiguous()
+        ):
+            return None
+    if out is None:
+        out = cuda.device_array(shape, dt)
+    elif not (type(out) is T and out.shape == shape and out.dtype is dt and out.is_c_contiguous()):
+        return None
+    launcher, blocks, threads = _forward_plan(M, N, dt, False)
+    d = _dummy(dt)
+    launcher(
+        blocks,
+        threads,
+        out,
+        x,
+        d if w is None else w,
+        d if b is None else b,
+        eps,
+        center,
+        w is not None,
+        b is not None,
+    )
+    return out
+
+
+_PLANS = {}  # (M, N, dtype, stats) -> (launcher, blocks, threads) of the forward
+_MAX_PLANS = 256
+
+
+def _forward_plan(M, N, dt, stats):
+    """(launcher, blocks, threads) of the forward kernel for (M, N) rows of dtype dt, with
+    (stats) or without the mean/rstd outputs. Cached: the launch-shape constants of
+    ``kernels`` are read when a plan is first made."""
+    key = (M, N, dt, stats)
+    plan = _PLANS.get(key)
+    if plan is None:
+        G, K, T, blocks = kernels.forward_plan(M, N, _SIM)
+        kern = kernels.forward_kernel(K, G, T, dt == np.float64, _SIM, stats)
+        plan = (_fast(kern), blocks, T)
+        if len(_PLANS) >= _MAX_PLANS:
+            _PLANS.clear()
+        _PLANS[key] = plan
+    return plan
+
+
 def _launch_forward(y2, mean, rstd, x2, w, b, eps, center):
     M, N = x2.shape
     if M == 0:
         return
     dt = np.dtype(x2.dtype)
-    G, K, T, blocks = kernels.forward_plan(M, N, _SIM)
-    save = mean is not None or rstd is not None
     d = _dummy(dt)
-    _fast(kernels.forward_kernel(K, G, T, dt == np.float64, _SIM))(
+    w = d if w is None else w
+    b = d if b is None else b
+    if mean is None and rstd is None:
+        launcher, blocks, T = _forward_plan(M, N, dt, False)
+        launcher(blocks, T, y2, x2, w, b, eps, center, w is not d, b is not d)
+        return
+    launcher, blocks, T = _forward_plan(M, N, dt, True)
+    launcher(
         blocks,
         T,
         y2,
-        mean if mean is not None else d,
-        rstd if rstd is not None else d,
+        d if mean is None else mean,
+        d if rstd is None else rstd,
         x2,
-        w if w is not None else d,
-        b if b is not None else d,
+        w,
+        b,
         eps,
         center,
-        w is not None,
-        b is not None,
-        save,
+        w is not d,
+        b is not d,
+        True,
     )
 
 

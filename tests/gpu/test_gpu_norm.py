@@ -185,3 +185,63 @@ def test_rows_wider_than_the_widest_group(N):
     dzr, dwzr = R.rms_norm_backward(dy, x, zrr, w)
     assert rel(dwz.copy_to_host(), dwzr) < 1e-4
     assert dx_err(dz.copy_to_host(), dzr, zrr, dy, w) < 1e-3
+
+
+def test_short_path_takes_only_canonical_arguments():
+    """``gpu.norm.small_forward`` skips the full checks: it must take only arguments already in
+    the kernels' form, and give the full path's bits there; every other variant falls through
+    (to the full path's result or error)."""
+    from lnnumba.gpu import norm as gn
+
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((4, 6)).astype(np.float32)
+    w = rng.standard_normal(6).astype(np.float32)
+    dX, dW, dB = cuda.to_device(x), cuda.to_device(w), cuda.to_device(w + 1)
+    L.layer_norm(dX, dW, dB)  # the first launch sets up what the short path needs
+    out = cuda.device_array_like(dX)
+    canonical = [
+        dict(weight=dW, bias=dB),
+        dict(weight=dW, bias=dB, out=out),
+        dict(weight=dW),
+        dict(),
+        dict(weight=dW, bias=dB, eps=1e-3),
+    ]
+    others = [
+        dict(weight=dW, axis=1),  # the same rows, but not the short path's spelling
+        dict(weight=dW, eps=1),  # an int eps
+        dict(weight=dW, eps=-1.0),
+        dict(weight=dW, eps=float("nan")),
+        dict(weight=cuda.to_device(np.ones(6))),  # float64 weight
+        dict(weight=cuda.to_device(np.ones((1, 6), np.float32))),
+        dict(weight=cuda.to_device(np.ones(7, np.float32))),
+        dict(weight=w),  # a host weight
+        dict(out=cuda.device_array((4, 6), np.float64)),
+        dict(out=cuda.device_array((4, 12), np.float32)[:, ::2]),  # strided
+        dict(out=cuda.device_array(24, np.float32)),
+    ]
+    for i, kw in enumerate(canonical + others):
+        args = (kw.get("weight"), kw.get("bias"), kw.get("eps", 1e-5), kw.get("axis", -1))
+        short = gn.small_forward(dX, *args, kw.get("out"), True)
+        assert (short is not None) == (i < len(canonical)), kw
+        try:
+            full = gn.forward("layer_norm", dX, *args, kw.get("out"), True, False)
+        except (TypeError, ValueError) as e:
+            with pytest.raises(type(e)) as info:
+                L.layer_norm(dX, **kw)
+            assert str(info.value) == str(e)
+            continue
+        np.testing.assert_array_equal(L.layer_norm(dX, **kw).copy_to_host(), full.copy_to_host())
+        if short is not None:
+            np.testing.assert_array_equal(short.copy_to_host(), full.copy_to_host())
+    for bad in (cuda.to_device(x[:, :3].copy().T), cuda.to_device(x.astype(np.float16))):
+        assert gn.small_forward(bad, None, None, 1e-5, -1, None, True) is None
+    assert gn.small_forward(dX[:, ::2], None, None, 1e-5, -1, None, True) is None
+    assert (
+        gn.small_forward(cuda.to_device(x.reshape(2, 2, 6)), None, None, 1e-5, -1, None, True)
+        is None
+    )
+    assert gn.small_forward(cuda.to_device(x[:0]), None, None, 1e-5, -1, None, True) is None
+    z = gn.small_forward(dX, dW, None, 1e-5, -1, None, False)  # RMSNorm
+    np.testing.assert_array_equal(
+        z.copy_to_host(), L.rms_norm(dX[:], dW, eps=1e-5, axis=1).copy_to_host()
+    )
