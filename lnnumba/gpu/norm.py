@@ -181,7 +181,10 @@ def _forward_plan(M, N, dt, stats):
     plan = _PLANS.get(key)
     if plan is None:
         G, K, T, blocks = kernels.forward_plan(M, N, _SIM)
-        kern = kernels.forward_kernel(K, G, T, dt == np.float64, _SIM, stats)
+        is64 = dt == np.float64
+        capped = not (is64 or stats or K > kernels.FWD_MAX_K)  # where the cap was measured
+        cap = kernels.FWD_MAX_REGS if capped else 255
+        kern = kernels.forward_kernel(K, G, T, is64, _SIM, stats, cap)
         plan = (_fast(kern), blocks, T)
         if len(_PLANS) >= _MAX_PLANS:
             _PLANS.clear()
