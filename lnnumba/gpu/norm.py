@@ -152,20 +152,7 @@ def small_forward(x, w, b, eps, axis, out, center):
         out = cuda.device_array(shape, dt)
     elif not (type(out) is T and out.shape == shape and out.dtype is dt and out.is_c_contiguous()):
         return None
-    launcher, blocks, threads = _forward_plan(M, N, dt, False)
-    d = _dummy(dt)
-    launcher(
-        blocks,
-        threads,
-        out,
-        x,
-        d if w is None else w,
-        d if b is None else b,
-        eps,
-        center,
-        w is not None,
-        b is not None,
-    )
+    _launch_plain(out, x, w, b, eps, center, M, N, dt)
     return out
 
 
@@ -192,19 +179,34 @@ def _forward_plan(M, N, dt, stats):
     return plan
 
 
+def _launch_plain(y2, x2, w, b, eps, center, M, N, dt):
+    """The forward without statistics. y2, x2: (M, N) of dtype dt, M > 0; w, b: (N,) or None."""
+    launcher, blocks, T = _forward_plan(M, N, dt, False)
+    d = _dummy(dt)
+    launcher(
+        blocks,
+        T,
+        y2,
+        x2,
+        d if w is None else w,
+        d if b is None else b,
+        eps,
+        center,
+        w is not None,
+        b is not None,
+    )
+
+
 def _launch_forward(y2, mean, rstd, x2, w, b, eps, center):
     M, N = x2.shape
     if M == 0:
         return
     dt = np.dtype(x2.dtype)
-    d = _dummy(dt)
-    w = d if w is None else w
-    b = d if b is None else b
     if mean is None and rstd is None:
-        launcher, blocks, T = _forward_plan(M, N, dt, False)
-        launcher(blocks, T, y2, x2, w, b, eps, center, w is not d, b is not d)
+        _launch_plain(y2, x2, w, b, eps, center, M, N, dt)
         return
     launcher, blocks, T = _forward_plan(M, N, dt, True)
+    d = _dummy(dt)
     launcher(
         blocks,
         T,
@@ -212,12 +214,12 @@ def _launch_forward(y2, mean, rstd, x2, w, b, eps, center):
         d if mean is None else mean,
         d if rstd is None else rstd,
         x2,
-        w,
-        b,
+        d if w is None else w,
+        d if b is None else b,
         eps,
         center,
-        w is not d,
-        b is not d,
+        w is not None,
+        b is not None,
         True,
     )
 
