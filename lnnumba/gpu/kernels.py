@@ -105,6 +105,12 @@ def forward_plan(M, N, sim):
     return G, K, T, max(1, math.ceil(M / (T // G)))
 
 
+def forward_max_regs(K, is64, stats):
+    """The register cap of the forward kernel (``FWD_MAX_REGS`` where it was measured: float32,
+    no mean/rstd outputs, at most ``FWD_MAX_K`` elements a thread), else 255 (no cap)."""
+    return FWD_MAX_REGS if not (is64 or stats or K > FWD_MAX_K) else 255
+
+
 def backward_plan(M, N, sim, multiprocessors):
     """(G, K, T, blocks) for the backward kernel: groups stride over the rows, and the grid is
     at most a few blocks per multiprocessor (each block writes one row of partial sums)."""

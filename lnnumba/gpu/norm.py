@@ -169,8 +169,7 @@ def _forward_plan(M, N, dt, stats):
     if plan is None:
         G, K, T, blocks = kernels.forward_plan(M, N, _SIM)
         is64 = dt == np.float64
-        capped = not (is64 or stats or K > kernels.FWD_MAX_K)  # where the cap was measured
-        cap = kernels.FWD_MAX_REGS if capped else 255
+        cap = kernels.forward_max_regs(K, is64, stats)
         kern = kernels.forward_kernel(K, G, T, is64, _SIM, stats, cap)
         plan = (_fast(kern), blocks, T)
         if len(_PLANS) >= _MAX_PLANS:
@@ -179,22 +178,18 @@ def _forward_plan(M, N, dt, stats):
     return plan
 
 
+def _weights(w, b, dt):
+    """(w, b, has_w, has_b) as the forward kernels take them: a 1-element stand-in for an
+    absent weight or bias (never read)."""
+    d = _dummy(dt)
+    return (d if w is None else w), (d if b is None else b), w is not None, b is not None
+
+
 def _launch_plain(y2, x2, w, b, eps, center, M, N, dt):
     """The forward without statistics. y2, x2: (M, N) of dtype dt, M > 0; w, b: (N,) or None."""
     launcher, blocks, T = _forward_plan(M, N, dt, False)
-    d = _dummy(dt)
-    launcher(
-        blocks,
-        T,
-        y2,
-        x2,
-        d if w is None else w,
-        d if b is None else b,
-        eps,
-        center,
-        w is not None,
-        b is not None,
-    )
+    wv, bv, has_w, has_b = _weights(w, b, dt)
+    launcher(blocks, T, y2, x2, wv, bv, eps, center, has_w, has_b)
 
 
 def _launch_forward(y2, mean, rstd, x2, w, b, eps, center):
@@ -207,21 +202,10 @@ def _launch_forward(y2, mean, rstd, x2, w, b, eps, center):
         return
     launcher, blocks, T = _forward_plan(M, N, dt, True)
     d = _dummy(dt)
-    launcher(
-        blocks,
-        T,
-        y2,
-        d if mean is None else mean,
-        d if rstd is None else rstd,
-        x2,
-        d if w is None else w,
-        d if b is None else b,
-        eps,
-        center,
-        w is not None,
-        b is not None,
-        True,
-    )
+    wv, bv, has_w, has_b = _weights(w, b, dt)
+    m = d if mean is None else mean
+    r = d if rstd is None else rstd
+    launcher(blocks, T, y2, m, r, x2, wv, bv, eps, center, has_w, has_b, True)
 
 
 _scratch = threading.local()
