@@ -419,6 +419,79 @@ def test_forward_rows_two_at_a_time(rng, dtype, N):
             assert np.isnan(y[0]).all() and np.isnan(y[M - 1]).all(), M
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_line_copy_places_a_copy_within_a_line(rng, dtype):
+    from numba import njit
+
+    @njit
+    def line_copy(a, off):
+        return K._line_copy(a, off)
+
+    @njit
+    def no_weight(off):
+        return K._line_copy(None, off) is None
+
+    size = np.dtype(dtype).itemsize
+    a = make(rng, 2 * LINE_BYTES + 3, dtype)[1:]  # not where a copy goes
+    for off in range(0, LINE_BYTES, size):
+        for f in (line_copy, K._line_copy):  # compiled, and in Python
+            c = f(a, off)
+            assert c.ctypes.data % LINE_BYTES == off and np.array_equal(c, a), off
+            assert not np.shares_memory(c, a)
+    assert no_weight(0) and K._line_copy(None, 0) is None
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_forward_rows_split_at_line_boundaries(rng, dtype):
+    # a thread's rows, LINES_MIN_ROWS or more of more than FORWARD_PAIRS_MAX_ROW_BYTES whose
+    # length is whole lines, take the row loop with w and b copied to y's place within a line
+    # (_forward_rows_lines): the same bits as the plain row loop (the same rows a few at a
+    # time), for y at every place within a line, x elsewhere, in place and not, LN and
+    # RMSNorm, with and without weight, bias and saved statistics, rows with an outlier first
+    # element (the two-pass statistics) included; against the reference; x is not modified
+    per_line = LINE_BYTES // np.dtype(dtype).itemsize
+    N = K.FORWARD_PAIRS_MAX_ROW_BYTES // np.dtype(dtype).itemsize + per_line  # whole lines
+    M = K.LINES_MIN_ROWS + 3
+    tol = 2e-5 if dtype == np.float32 else 1e-12
+    x0 = (3 + make(rng, (M, N), dtype)).astype(dtype)
+    x0[[2, M - 1], 0] = 3e3
+    w, b = make(rng, N, dtype), make(rng, N, dtype)
+    yr = R.layer_norm_forward(x0, w, b)[0]
+    for off in range(per_line):
+        for inplace in (False, True):
+            for wt, bt, center, stats in [
+                (w, b, True, True),
+                (w, None, False, True),
+                (None, None, True, False),
+                (w[::-1].copy(), b, True, False),
+            ]:
+                case = (off, inplace, wt is None, bt is None, center, stats)
+                got = []
+                for step in (M, 5):  # all rows in one call; a few at a time (the plain loop)
+                    x = at_offset((M, N), dtype, 3)
+                    x[:] = x0
+                    y = None if inplace else at_offset((M, N), dtype, off)
+                    if inplace:  # y's place is x's
+                        x = at_offset((M, N), dtype, off)
+                        x[:] = x0
+                    m = np.empty(M, dtype) if stats else None
+                    r = np.empty(M, dtype) if stats else None
+                    for lo in range(0, M, step):
+                        hi = min(M, lo + step)
+                        K._forward_rows(y, m, r, x, wt, bt, 1e-5, center, False, False, lo, hi)
+                    out = x if inplace else y
+                    if not inplace:
+                        assert np.array_equal(x, x0), case
+                    got.append((out, m, r))
+                for a, c in zip(*got):
+                    if a is not None:
+                        np.testing.assert_array_equal(a, c, err_msg=str(case))
+                if wt is w and bt is b and center:
+                    assert rel_err(got[0][0], yr) < 1e-4, case
+                    ok = [i for i in range(M) if i not in (2, M - 1)]
+                    assert rel_err(got[0][0][ok], yr[ok]) < tol, case
+
+
 @pytest.mark.parametrize("N", [48, 256, 2048])
 def test_outlier_rows_take_the_two_pass_statistics_on_every_forward_path(rng, N):
     # rows whose first element is far from their mean (the one-pass sums' shift) take the

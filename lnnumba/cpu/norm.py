@@ -118,6 +118,14 @@ FORWARD_PAIRS_MAX_ROW_BYTES = 1 << 10
 PREFETCH_MIN_BYTES = 2 << 20
 PREFETCH_MAX_ROW_BYTES = 4 << 10
 STREAM_PREFETCH_BYTES = 16 << 10
+# From this many rows of more than ``FORWARD_PAIRS_MAX_ROW_BYTES``, whole lines long, a thread's
+# forward row loop copies w and b to y's place within a cache line and splits each row's output
+# pass at y's line boundaries (``_forward_rows_lines``): no vector load or store then spans two
+# lines. NumPy's large arrays all start 16 bytes past a line, and its small ones (weights) at
+# any multiple of 16, so each vector of x, y, w and b used to span two. One core, 64 rows of
+# 1024 float32 in L2, the output pass alone: 80 ns a row, 48 with all four aligned, 60-68 with
+# only w and b or only x and y.
+LINES_MIN_ROWS = 64
 
 # Rows per chunk of the backward pass's weight-gradient partial sums (see ``_n_chunks``).
 _CHUNK_ROWS = 32
@@ -290,6 +298,53 @@ def row_forward_at(y, x, i, w, b, x0, cr, r):
         if b is not None:
             v = v + b[j]
         yo[i, j] = v
+
+
+@njit(**_jit_elementwise)
+def row_forward_cols(y, x, i, w, b, x0, cr, r, j0, j1):
+    """``row_forward_at`` on columns j0..j1-1 of row i only. i, j0, j1: unsigned (np.uint64),
+    which Numba indexes without the wrap of a negative index (see ``_cols``): a loop over a
+    signed range(j0, j1) vectorizes with gathers and scatters, over views it costs their
+    reference counting, about 110 ns a row of 1024 float32 (three views of four arrays)."""
+    yo = _out(y, x)
+    for j in range(j0, j1):
+        v = (x[i, j] - x0) * r - cr
+        if w is not None:
+            v = v * w[j]
+        if b is not None:
+            v = v + b[j]
+        yo[i, j] = v
+
+
+def _line_copy(a, off):
+    """A copy of a (N,) whose first element lies ``off`` bytes past a cache line boundary (off
+    a multiple of a's itemsize, below ``LINE_BYTES``); None for None (an absent weight)."""
+    if a is None:
+        return None
+    buf = np.empty(a.shape[0] + LINE_BYTES // a.itemsize, a.dtype)
+    c = _view_at(buf, 1, a.shape[0], off)[0]
+    c[...] = a
+    return c
+
+
+@overload(_line_copy, inline="always")
+def _line_copy_impl(a, off):
+    """``_line_copy`` in compiled code: an overload, resolved by the type of a at compile time
+    (a function with a branch on ``a is None``, inlined, kept Numba's reference-count pruning
+    from removing the atomic operations of its caller's row views)."""
+    if isinstance(a, types.NoneType):
+        return lambda a, off: None
+
+    def impl(a, off):
+        n = a.shape[0]
+        buf = np.empty(n + LINE_BYTES // a.itemsize, a.dtype)
+        k = (off - np.intp(buf.ctypes.data)) % LINE_BYTES // buf.itemsize
+        c = buf[k : k + n]
+        for j in range(n):  # a loop: 90 ns for 1024 float32 with the allocation, a slice 250
+            c[j] = a[j]
+        return c
+
+    return impl
 
 
 @njit(**_jit_elementwise)
@@ -839,8 +894,9 @@ def _forward_rows(y, mean, rstd, x, w, b, eps, center, block, stream, lo, hi):
     the output with non-temporal stores instead where y's rows allow it
     (``_forward_rows_stream``), then fences them. The rest take ``row_ln``'s arithmetic
     (``row_stats_one_pass``, ``row_forward_at``), two rows at a time for rows up to
-    ``FORWARD_PAIRS_MAX_ROW_BYTES`` (``rows2_forward_at``), with the next rows prefetched
-    (``PREFETCH_MIN_BYTES``).
+    ``FORWARD_PAIRS_MAX_ROW_BYTES`` (``rows2_forward_at``), longer ones split at y's line
+    boundaries where there are ``LINES_MIN_ROWS`` of them (``_forward_rows_lines``), with the
+    next rows prefetched (``PREFETCH_MIN_BYTES``).
 
     y: (M, N) out, or None to write the output into x (in place; see ``_out``); mean, rstd:
     (M,) out or None; x: (M, N); w, b: (N,) or None.
@@ -883,6 +939,13 @@ def _forward_rows(y, mean, rstd, x, w, b, eps, center, block, stream, lo, hi):
             _save_stats(mean, rstd, i, x0, c, r)
             _save_stats(mean, rstd, i + 1, x0n, cn, rn)
             i += 2
+    if hi - i >= LINES_MIN_ROWS:
+        yf = _out(y, x).reshape(-1)
+        h, e = _row_lines(yf, N)
+        if h >= 0:  # w and b copied to y's place within a line: every vector load aligned
+            off = np.intp(yf.ctypes.data) % LINE_BYTES
+            wl, bl = _line_copy(w, off), _line_copy(b, off)
+            i = _forward_rows_lines(y, mean, rstd, x, wl, bl, eps, center, h, e, i, hi)
     for k in range(i, hi):
         if ahead and k + 1 < hi:
             for q in range((N + L - 1) // L):  # row k + 1 into L1, a line at a time
@@ -895,6 +958,36 @@ def _forward_rows(y, mean, rstd, x, w, b, eps, center, block, stream, lo, hi):
         _save_stats(mean, rstd, k, x0, c, r)
     if stream:
         store_fence()
+
+
+@njit(**_jit)
+def _forward_rows_lines(y, mean, rstd, x, wl, bl, eps, center, h, e, lo, hi):
+    """Rows lo..hi-1 of ``_forward_rows``'s row loop with the output pass split at y's line
+    boundaries: columns h..e-1 of every row are whole cache lines of y (``_row_lines``), and
+    wl, bl (N,) are w and b placed so that wl[h] starts a line too (``_line_copy``), so no
+    vector store of y, nor load of w or b, spans two lines (nor of x, where x starts at the
+    same place within a line as y, as NumPy's large arrays all do). Returns hi. Shapes as
+    ``_forward_rows``."""
+    t = x.dtype.type
+    N = x.shape[1]
+    xf = x.reshape(-1)
+    L = LINE_BYTES // x.itemsize
+    ahead = x.nbytes > PREFETCH_MIN_BYTES and N * x.itemsize <= PREFETCH_MAX_ROW_BYTES
+    u = np.uint64
+    for k in range(lo, hi):
+        if ahead and k + 1 < hi:
+            for q in range((N + L - 1) // L):  # row k + 1 into L1, a line at a time
+                prefetch_l1(xf, (k + 1) * N + q * L)
+        sh = x[k, 0] if center else t(0)
+        x0, c, r, ok = row_stats_one_pass(x[k], sh, eps, center)
+        if not ok:  # the fallback in this loop, not in an inlined helper: see row_stats_one_pass
+            x0, c, r = row_stats(x[k], eps, center)
+        cr, rt = t(c * r), t(r)
+        row_forward_cols(y, x, u(k), wl, bl, x0, cr, rt, u(0), u(h))
+        row_forward_cols(y, x, u(k), wl, bl, x0, cr, rt, u(h), u(e))
+        row_forward_cols(y, x, u(k), wl, bl, x0, cr, rt, u(e), u(N))
+        _save_stats(mean, rstd, k, x0, c, r)
+    return hi
 
 
 @njit(**_jit)
