@@ -28,7 +28,7 @@ from numba.core.extending import intrinsic
 
 import lnnumba
 from lnnumba.cpu import stream
-from lnnumba.cpu.stream import LINE_BYTES, store_fence, stream_copy
+from lnnumba.cpu.stream import store_fence, stream_copy
 
 try:
     import torch
@@ -118,7 +118,7 @@ def triad_stream_parallel(dst, a, b, nt):
     af = a.reshape(-1)
     bf = b.reshape(-1)
     M, N = a.shape
-    per_line = LINE_BYTES // d.itemsize
+    per_line = stream.line_len(d)
     for t in prange(nt):
         lo = t * M // nt * N
         hi = (t + 1) * M // nt * N

@@ -420,6 +420,16 @@ def test_forward_rows_two_at_a_time(rng, dtype, N):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_line_len_is_the_elements_of_a_line(dtype):
+    from numba import njit
+
+    from lnnumba.cpu.stream import line_len
+
+    a = np.zeros(3, dtype)
+    assert line_len(a) == njit(lambda a: line_len(a))(a) == LINE_BYTES // a.itemsize
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_line_copy_places_a_copy_within_a_line(rng, dtype):
     from numba import njit
 

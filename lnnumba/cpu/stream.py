@@ -33,7 +33,7 @@ before the parallel region joins).
 import numpy as np
 from llvmlite import ir
 from numba import njit, types
-from numba.core.extending import intrinsic
+from numba.core.extending import intrinsic, overload
 
 # Bytes of one non-temporal vector store: a cache line. Its destination must be aligned to it.
 LINE_BYTES = 64
@@ -434,6 +434,21 @@ def store_fence(typingctx):
     return sig, codegen
 
 
+def line_len(a):
+    """Elements of a's dtype in a cache line: ``LINE_BYTES // a.itemsize``, a constant in
+    compiled code (an overload of the dtype), where ``a.itemsize`` is read from the array at
+    run time. A loop over range(h, e, L) or stepping by such an L computes its addresses
+    afresh each step: the backward's line loop (64 rows of 1024 float32, in L2, one core) took
+    147-157 ns a row with the constant, 173-176 with ``itemsize``."""
+    return LINE_BYTES // a.itemsize
+
+
+@overload(line_len, inline="always")
+def _line_len_impl(a):
+    size = LINE_BYTES // (a.dtype.bitwidth // 8)
+    return lambda a: size
+
+
 @njit(nogil=True, cache=True)
 def line_head(a, k, n):
     """How many of the n elements from a[k] (a: 1-d, C-contiguous) come before the first cache
@@ -456,7 +471,7 @@ def stream_copy(dst, k, src):
     calls ``store_fence`` before other threads read dst.
     """
     n = src.shape[0]
-    per_line = LINE_BYTES // dst.itemsize
+    per_line = line_len(dst)
     head = line_head(dst, k, n)
     for j in range(head):
         dst[k + j] = src[j]
