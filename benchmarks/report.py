@@ -221,7 +221,9 @@ that no load or store spans two lines. The forward with ordinary stores takes ro
 1 KB two at a time, each column's weight and bias loaded once for both; a thread's longer rows
 (64 and more, whole lines long) split their output pass at the output's line boundaries, with
 the weight and bias copied to the output's place within a line, so that their vectors do not
-span two lines either (weights from NumPy start at any multiple of 16 bytes). The
+span two lines either (weights from NumPy start at any multiple of 16 bytes). Where a thread
+has 64 rows or more of up to 1 KB, it reads a copy of the weight and bias of its own: two
+threads reading the same ones took 1.4-2x as long at 8192x256 float32 and shorter rows. The
 streamed passes write the line where one row ends and the next begins as one line computed
 with both rows' constants, so that every line is streamed whole (against the previous short
 loops at each row's ends: backward 65536x64 2-3.8x faster, 4096x1024 1.0-1.3x; forward

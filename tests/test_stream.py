@@ -452,15 +452,22 @@ def test_line_copy_places_a_copy_within_a_line(rng, dtype):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_forward_rows_split_at_line_boundaries(rng, dtype):
-    # a thread's rows, LINES_MIN_ROWS or more of more than FORWARD_PAIRS_MAX_ROW_BYTES whose
-    # length is whole lines, take the row loop with w and b copied to y's place within a line
-    # (_forward_rows_lines): the same bits as the plain row loop (the same rows a few at a
-    # time), for y at every place within a line, x elsewhere, in place and not, LN and
-    # RMSNorm, with and without weight, bias and saved statistics, rows with an outlier first
-    # element (the two-pass statistics) included; against the reference; x is not modified
+@pytest.mark.parametrize("rows", ["long", "short", "odd"])
+def test_forward_rows_with_weights_copied(rng, dtype, rows):
+    # a thread's rows, LINES_MIN_ROWS or more, take the row loop with w and b copied: rows of
+    # more than FORWARD_PAIRS_MAX_ROW_BYTES whose length is whole lines with w and b at y's
+    # place within a line, split at its line boundaries (_forward_rows_lines); shorter rows
+    # two at a time with w and b on a line boundary (_forward_pairs), an odd row last. The
+    # same bits as the loops without the copies (the same rows a few at a time), for y at
+    # every place within a line, x elsewhere, in place and not, LN and RMSNorm, with and
+    # without weight, bias and saved statistics, rows with an outlier first element (the
+    # two-pass statistics) included; against the reference; x is not modified
     per_line = LINE_BYTES // np.dtype(dtype).itemsize
-    N = K.FORWARD_PAIRS_MAX_ROW_BYTES // np.dtype(dtype).itemsize + per_line  # whole lines
+    N = {
+        "long": K.FORWARD_PAIRS_MAX_ROW_BYTES // np.dtype(dtype).itemsize + per_line,
+        "short": K.FORWARD_PAIRS_MAX_ROW_BYTES // np.dtype(dtype).itemsize,
+        "odd": 37,
+    }[rows]
     M = K.LINES_MIN_ROWS + 3
     tol = 2e-5 if dtype == np.float32 else 1e-12
     x0 = (3 + make(rng, (M, N), dtype)).astype(dtype)

@@ -119,13 +119,14 @@ FORWARD_PAIRS_MAX_ROW_BYTES = 1 << 10
 PREFETCH_MIN_BYTES = 2 << 20
 PREFETCH_MAX_ROW_BYTES = 4 << 10
 STREAM_PREFETCH_BYTES = 16 << 10
-# From this many rows of more than ``FORWARD_PAIRS_MAX_ROW_BYTES``, whole lines long, a thread's
-# forward row loop copies w and b to y's place within a cache line and splits each row's output
-# pass at y's line boundaries (``_forward_rows_lines``): no vector load or store then spans two
-# lines. NumPy's large arrays all start 16 bytes past a line, and its small ones (weights) at
-# any multiple of 16, so each vector of x, y, w and b used to span two. One core, 64 rows of
-# 1024 float32 in L2, the output pass alone: 80 ns a row, 48 with all four aligned, 60-68 with
-# only w and b or only x and y.
+# From this many rows, a thread's forward row loop takes copies of w and b of its own: rows of
+# more than ``FORWARD_PAIRS_MAX_ROW_BYTES``, whole lines long, with w and b at y's place within a
+# cache line, each row's output pass split at y's line boundaries (``_forward_rows_lines``), so
+# that no vector load or store spans two lines; shorter rows with w and b on a line boundary
+# (``_forward_pairs``). NumPy's large arrays all start 16 bytes past a line, and its small ones
+# (weights) at any multiple of 16, so each vector of x, y, w and b used to span two. One core,
+# 64 rows of 1024 float32 in L2, the output pass alone: 80 ns a row, 48 with all four aligned,
+# 60-68 with only w and b or only x and y. For the short rows see ``_forward_pairs``.
 LINES_MIN_ROWS = 64
 
 # Rows per chunk of the backward pass's weight-gradient partial sums (see ``_n_chunks``).
@@ -924,22 +925,11 @@ def _forward_rows(y, mean, rstd, x, w, b, eps, center, block, stream, lo, hi):
     N = x.shape[1]
     L = line_len(x)
     if row <= FORWARD_PAIRS_MAX_ROW_BYTES:
-        while i + 2 <= hi:  # two rows at a time
-            if ahead and i + 3 < hi:
-                for q in range((2 * N + L - 1) // L):  # rows i + 2 and i + 3 into L1
-                    prefetch_l1(xf, (i + 2) * N + q * L)
-            # the fallbacks in this loop, not in an inlined helper: see row_stats_one_pass
-            sh, shn = (x[i, 0], x[i + 1, 0]) if center else (t(0), t(0))
-            x0, c, r, ok = row_stats_one_pass(x[i], sh, eps, center)
-            if not ok:
-                x0, c, r = row_stats(x[i], eps, center)
-            x0n, cn, rn, ok = row_stats_one_pass(x[i + 1], shn, eps, center)
-            if not ok:
-                x0n, cn, rn = row_stats(x[i + 1], eps, center)
-            rows2_forward_at(y, x, i, w, b, x0, t(c * r), t(r), x0n, t(cn * rn), t(rn))
-            _save_stats(mean, rstd, i, x0, c, r)
-            _save_stats(mean, rstd, i + 1, x0n, cn, rn)
-            i += 2
+        if hi - i >= LINES_MIN_ROWS:  # this thread's copies of w and b (``_forward_pairs``)
+            wl, bl = _line_copy(w, 0), _line_copy(b, 0)
+            i = _forward_pairs(y, mean, rstd, x, wl, bl, eps, center, ahead, i, hi)
+        else:
+            i = _forward_pairs(y, mean, rstd, x, w, b, eps, center, ahead, i, hi)
     if hi - i >= LINES_MIN_ROWS:
         yf = _out(y, x).reshape(-1)
         h, e = _row_lines(yf, N)
@@ -959,6 +949,46 @@ def _forward_rows(y, mean, rstd, x, w, b, eps, center, block, stream, lo, hi):
         _save_stats(mean, rstd, k, x0, c, r)
     if stream:
         store_fence()
+
+
+@njit(**_jit)
+def _forward_pairs(y, mean, rstd, x, w, b, eps, center, ahead, lo, hi):
+    """Rows lo.. of ``_forward_rows``'s row loop two at a time (rows of up to
+    ``FORWARD_PAIRS_MAX_ROW_BYTES``, ``rows2_forward_at``), the next two prefetched where
+    ``ahead``; returns the first row not done (hi, or hi - 1 for an odd count). Shapes as
+    ``_forward_rows``.
+
+    Where a thread has ``LINES_MIN_ROWS`` rows or more, its caller passes w and b copied by
+    that thread (``_line_copy``, on a line boundary): two threads reading the same w and b ran
+    slower than each reading its own copy. 8192x256 float32, 2 threads, in one process: 230-240
+    us with w and b shared (where NumPy put them, or one copy on a line boundary, or far from
+    both), 159-160 us with a copy each (one thread alone: 324 us); over several processes the
+    shared arrays took 157-346 us, the copies 157-174; 4096x256 80-165 against 76-86 us,
+    16384x128 203-507 against 195-221 us. Why sharing read-only lines costs this much here was
+    not found (the machine's two cores may be one core's two hyperthreads).
+    """
+    t = x.dtype.type
+    N = x.shape[1]
+    xf = x.reshape(-1)
+    L = line_len(x)
+    i = lo
+    while i + 2 <= hi:
+        if ahead and i + 3 < hi:
+            for q in range((2 * N + L - 1) // L):  # rows i + 2 and i + 3 into L1
+                prefetch_l1(xf, (i + 2) * N + q * L)
+        # the fallbacks in this loop, not in an inlined helper: see row_stats_one_pass
+        sh, shn = (x[i, 0], x[i + 1, 0]) if center else (t(0), t(0))
+        x0, c, r, ok = row_stats_one_pass(x[i], sh, eps, center)
+        if not ok:
+            x0, c, r = row_stats(x[i], eps, center)
+        x0n, cn, rn, ok = row_stats_one_pass(x[i + 1], shn, eps, center)
+        if not ok:
+            x0n, cn, rn = row_stats(x[i + 1], eps, center)
+        rows2_forward_at(y, x, i, w, b, x0, t(c * r), t(r), x0n, t(cn * rn), t(rn))
+        _save_stats(mean, rstd, i, x0, c, r)
+        _save_stats(mean, rstd, i + 1, x0n, cn, rn)
+        i += 2
+    return i
 
 
 @njit(**_jit)
