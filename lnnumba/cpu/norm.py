@@ -287,27 +287,14 @@ def row_forward(y, x, w, b, x0, cr, r):
 
 
 @njit(**_jit_elementwise)
-def row_forward_at(y, x, i, w, b, x0, cr, r):
-    """``row_forward`` of row i of y, x: (M, N), indexed in place rather than through row
-    views: a view made in a loop with a branch (the statistics' fallback) kept its reference
-    counting, atomic operations that cost a long row several percent. y None: into x (see
-    ``_out``)."""
-    yo = _out(y, x)
-    for j in range(x.shape[1]):
-        v = (x[i, j] - x0) * r - cr
-        if w is not None:
-            v = v * w[j]
-        if b is not None:
-            v = v + b[j]
-        yo[i, j] = v
-
-
-@njit(**_jit_elementwise)
 def row_forward_cols(y, x, i, w, b, x0, cr, r, j0, j1):
-    """``row_forward_at`` on columns j0..j1-1 of row i only. i, j0, j1: unsigned (np.uint64),
-    which Numba indexes without the wrap of a negative index (see ``_cols``): a loop over a
-    signed range(j0, j1) vectorizes with gathers and scatters, over views it costs their
-    reference counting, about 110 ns a row of 1024 float32 (three views of four arrays)."""
+    """``row_forward`` of columns j0..j1-1 of row i of y, x: (M, N); y None: into x (see
+    ``_out``). Indexed in place rather than through row views: a view made in a loop with a
+    branch (the statistics' fallback) kept its reference counting, atomic operations that cost
+    a long row several percent; three views of four arrays a row cost about 110 ns a row of
+    1024 float32. i, j0, j1: unsigned (np.uint64), which Numba indexes without the wrap of a
+    negative index (see ``_cols``): a loop over a signed range(j0, j1) vectorizes with gathers
+    and scatters."""
     yo = _out(y, x)
     for j in range(j0, j1):
         v = (x[i, j] - x0) * r - cr
@@ -351,9 +338,9 @@ def _line_copy_impl(a, off):
 
 @njit(**_jit_elementwise)
 def rows2_forward_at(y, x, i, w, b, x0, cr, r, x0n, crn, rn):
-    """``row_forward_at`` of rows i and i + 1 at once, loading each column's w and b once for
-    the two: (x0, cr, r) are row i's statistics, (x0n, crn, rn) row i + 1's. Each column of both
-    rows is read before it is written; y None writes x (see ``_out``)."""
+    """``row_forward_cols`` of every column of rows i and i + 1 at once, loading each column's
+    w and b once for the two: (x0, cr, r) are row i's statistics, (x0n, crn, rn) row i + 1's.
+    Each column of both rows is read before it is written; y None writes x (see ``_out``)."""
     yo = _out(y, x)
     for j in range(x.shape[1]):
         v = (x[i, j] - x0) * r - cr
@@ -895,7 +882,7 @@ def _forward_rows(y, mean, rstd, x, w, b, eps, center, block, stream, lo, hi):
     ``FUSE_MIN_ROW_BYTES`` runs fused with the next four rows' statistics. ``stream`` writes
     the output with non-temporal stores instead where y's rows allow it
     (``_forward_rows_stream``), then fences them. The rest take ``row_ln``'s arithmetic
-    (``row_stats_one_pass``, ``row_forward_at``), two rows at a time for rows up to
+    (``row_stats_one_pass``, ``row_forward_cols``), two rows at a time for rows up to
     ``FORWARD_PAIRS_MAX_ROW_BYTES`` (``rows2_forward_at``), longer ones split at y's line
     boundaries where there are ``LINES_MIN_ROWS`` of them (``_forward_rows_lines``), with the
     next rows prefetched (``PREFETCH_MIN_BYTES``).
@@ -921,9 +908,7 @@ def _forward_rows(y, mean, rstd, x, w, b, eps, center, block, stream, lo, hi):
             i += 4
     row = x.shape[1] * x.itemsize
     ahead = x.nbytes > PREFETCH_MIN_BYTES and row <= PREFETCH_MAX_ROW_BYTES
-    xf = x.reshape(-1)
     N = x.shape[1]
-    L = line_len(x)
     if row <= FORWARD_PAIRS_MAX_ROW_BYTES:
         if hi - i >= LINES_MIN_ROWS:  # this thread's copies of w and b (``_forward_pairs``)
             wl, bl = _line_copy(w, 0), _line_copy(b, 0)
@@ -937,16 +922,7 @@ def _forward_rows(y, mean, rstd, x, w, b, eps, center, block, stream, lo, hi):
             off = np.intp(yf.ctypes.data) % LINE_BYTES
             wl, bl = _line_copy(w, off), _line_copy(b, off)
             i = _forward_rows_lines(y, mean, rstd, x, wl, bl, eps, center, h, e, i, hi)
-    for k in range(i, hi):
-        if ahead and k + 1 < hi:
-            for q in range((N + L - 1) // L):  # row k + 1 into L1, a line at a time
-                prefetch_l1(xf, (k + 1) * N + q * L)
-        sh = x[k, 0] if center else t(0)
-        x0, c, r, ok = row_stats_one_pass(x[k], sh, eps, center)
-        if not ok:  # the fallback in this loop, not in an inlined helper: see row_stats_one_pass
-            x0, c, r = row_stats(x[k], eps, center)
-        row_forward_at(y, x, k, w, b, x0, t(c * r), t(r))
-        _save_stats(mean, rstd, k, x0, c, r)
+    _forward_rows_lines(y, mean, rstd, x, w, b, eps, center, 0, 0, i, hi)  # the rest, unsplit
     if stream:
         store_fence()
 
@@ -997,8 +973,8 @@ def _forward_rows_lines(y, mean, rstd, x, wl, bl, eps, center, h, e, lo, hi):
     boundaries: columns h..e-1 of every row are whole cache lines of y (``_row_lines``), and
     wl, bl (N,) are w and b placed so that wl[h] starts a line too (``_line_copy``), so no
     vector store of y, nor load of w or b, spans two lines (nor of x, where x starts at the
-    same place within a line as y, as NumPy's large arrays all do). Returns hi. Shapes as
-    ``_forward_rows``."""
+    same place within a line as y, as NumPy's large arrays all do). With h = e = 0, w and b
+    as given, the plain row loop. Returns hi. Shapes as ``_forward_rows``."""
     t = x.dtype.type
     N = x.shape[1]
     xf = x.reshape(-1)
