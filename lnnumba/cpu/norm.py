@@ -921,8 +921,8 @@ def _forward_rows(y, mean, rstd, x, w, b, eps, center, block, stream, lo, hi):
         if h >= 0:  # w and b copied to y's place within a line: every vector load aligned
             off = np.intp(yf.ctypes.data) % LINE_BYTES
             wl, bl = _line_copy(w, off), _line_copy(b, off)
-            i = _forward_rows_lines(y, mean, rstd, x, wl, bl, eps, center, h, e, i, hi)
-    _forward_rows_lines(y, mean, rstd, x, w, b, eps, center, 0, 0, i, hi)  # the rest, unsplit
+            i = _forward_rows_lines(y, mean, rstd, x, wl, bl, eps, center, ahead, h, e, i, hi)
+    _forward_rows_lines(y, mean, rstd, x, w, b, eps, center, ahead, 0, 0, i, hi)  # the rest
     if stream:
         store_fence()
 
@@ -968,18 +968,18 @@ def _forward_pairs(y, mean, rstd, x, w, b, eps, center, ahead, lo, hi):
 
 
 @njit(**_jit)
-def _forward_rows_lines(y, mean, rstd, x, wl, bl, eps, center, h, e, lo, hi):
+def _forward_rows_lines(y, mean, rstd, x, wl, bl, eps, center, ahead, h, e, lo, hi):
     """Rows lo..hi-1 of ``_forward_rows``'s row loop with the output pass split at y's line
     boundaries: columns h..e-1 of every row are whole cache lines of y (``_row_lines``), and
     wl, bl (N,) are w and b placed so that wl[h] starts a line too (``_line_copy``), so no
     vector store of y, nor load of w or b, spans two lines (nor of x, where x starts at the
     same place within a line as y, as NumPy's large arrays all do). With h = e = 0, w and b
-    as given, the plain row loop. Returns hi. Shapes as ``_forward_rows``."""
+    as given, the plain row loop. The next row is prefetched where ``ahead`` (as
+    ``_forward_pairs``). Returns hi. Shapes as ``_forward_rows``."""
     t = x.dtype.type
     N = x.shape[1]
     xf = x.reshape(-1)
     L = line_len(x)
-    ahead = x.nbytes > PREFETCH_MIN_BYTES and N * x.itemsize <= PREFETCH_MAX_ROW_BYTES
     u = np.uint64
     for k in range(lo, hi):
         if ahead and k + 1 < hi:
