@@ -13,7 +13,7 @@ from lnnumba.cpu import norm as K
 from lnnumba.cpu.stream import LINE_BYTES, stream_copy
 
 LONG = K.FUSE_MIN_ROW_BYTES // 4  # float32 columns past which the ordinary passes fuse
-BLOCKS = K.STREAM_BLOCK_MIN_ROW_BYTES // 4  # float32 columns past which rows stream in fours
+PAST = K.STREAM_PREFETCH_BYTES // 4  # float32 columns past the streamed passes' prefetch distance
 
 
 def at_offset(shape, dtype, offset):
@@ -52,11 +52,11 @@ def test_stream_copy_into_an_array_not_aligned_to_its_dtype():
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("N", [48, 37, LONG + 16, LONG + 3, BLOCKS + 16])
+@pytest.mark.parametrize("N", [48, 37, LONG + 16, LONG + 3, PAST + 16])
 @pytest.mark.parametrize("offset", [0, 1, 3])
 @pytest.mark.parametrize("affine", ["none", "weight", "both"])
 def test_streamed_passes_match_the_reference(rng, dtype, N, offset, affine):
-    # every split of the rows into blocks of four and the rest, LN and RMSNorm, serial and
+    # every split of the rows among threads and into blocks of four, LN and RMSNorm, serial and
     # parallel, with and without weight and bias, on outputs that start on and off a line
     # boundary; rows that are not a whole number of lines (N=37, 1027) take the ordinary passes
     # (the fused one for long rows)
@@ -80,15 +80,12 @@ def test_streamed_passes_match_the_reference(rng, dtype, N, offset, affine):
             bwd(dx, dw, db, part, part.copy(), dy, x, m, r, w, True)
             assert dx_err(dx, dxr, rr, dy, w) < tol * 10
             assert rel_err(dw, dwr) < tol and rel_err(db, dbr) < tol
-        # the streaming loops do every row (rows whose inputs are short) or every block of
-        # four, or nothing where the rows are not in phase
-        row = N * np.dtype(dtype).itemsize
-        for inputs, loop, args in [
-            (row, K._forward_rows_stream, (y, m, r, x, w, b, 1e-5, True)),
-            (2 * row, K._backward_rows_stream, (dx, dw, db, dy, x, m, r, w)),
+        # the streaming loops do every row, or nothing where the rows are not in phase
+        for loop, args in [
+            (K._forward_rows_stream, (y, m, r, x, w, b, 1e-5, True)),
+            (K._backward_rows_stream, (dx, dw, db, dy, x, m, r, w)),
         ]:
-            done = M if inputs <= K.STREAM_BLOCK_MIN_ROW_BYTES else 4 * (M // 4)
-            assert loop(*args, 0, M) == (done if in_phase else 0)
+            assert loop(*args, 0, M) == (M if in_phase else 0)
         # RMSNorm
         y, r = at_offset((M, N), dtype, offset), np.empty(M, dtype)
         K.forward_serial(y, None, r, x, w, None, 1e-6, False, True, True, 1)
@@ -336,15 +333,15 @@ def test_forward_results_do_not_depend_on_where_the_arrays_start(rng, dtype):
 @pytest.mark.parametrize("long_rows", [False, True])
 def test_backward_stream_results_do_not_depend_on_where_dx_starts(rng, dtype, long_rows):
     # the streamed backward gives the same bits wherever dx (with x and dy) starts within a
-    # line: one row at a time (with seam lines) the unstreamed pass's bits, dx, dw and db, also
-    # with accumulators that do not start at zero; in blocks of four (rows past
-    # STREAM_BLOCK_MIN_ROW_BYTES), whose dw/db sums add four rows' terms first, the same bits
-    # at every start. LN and RMSNorm, with and without weight, a range of rows inside the array
+    # line: the unstreamed pass's bits (with seam lines), dx, dw and db, also with accumulators
+    # that do not start at zero, for rows short and longer than the prefetch distance
+    # (STREAM_PREFETCH_BYTES of x and dy). LN and RMSNorm, with and without weight, a range of
+    # rows inside the array
     per_line = LINE_BYTES // np.dtype(dtype).itemsize
-    N = K.STREAM_BLOCK_MIN_ROW_BYTES // (2 * np.dtype(dtype).itemsize) + per_line
+    N = K.STREAM_PREFETCH_BYTES // (2 * np.dtype(dtype).itemsize) + per_line
     if not long_rows:
         N = 3 * per_line
-    assert (2 * N * np.dtype(dtype).itemsize > K.STREAM_BLOCK_MIN_ROW_BYTES) == long_rows
+    assert (2 * N * np.dtype(dtype).itemsize > K.STREAM_PREFETCH_BYTES) == long_rows
     M, lo, hi = 11, 1, 10
     x0 = (3 + make(rng, (M, N), dtype)).astype(dtype)
     dy0 = make(rng, (M, N), dtype)
@@ -370,11 +367,7 @@ def test_backward_stream_results_do_not_depend_on_where_dx_starts(rng, dtype, lo
                     got.append((dx[lo:hi], dw, db))
                 case = (off, w is None, mean is None)
                 streamed, lines = got
-                if long_rows:  # blocks of four: the bits of the first start
-                    want = first.setdefault(case[1:], streamed)
-                else:
-                    want = lines
-                for a, b in zip(streamed, want):
+                for a, b in zip(streamed, lines):
                     if a is not None:
                         np.testing.assert_array_equal(a, b, err_msg=str(case))
     assert np.array_equal(x, x0) and np.array_equal(dy, dy0)
@@ -562,7 +555,7 @@ def test_row_ln_takes_the_two_pass_statistics_for_an_outlier_first_element(rng):
         (37, True, False),  # blocks of four
         (LONG + 3, True, False),  # blocks of four fused with the next block's statistics
         (48, False, True),  # streamed, one row at a time
-        (BLOCKS + 16, False, True),  # streamed in blocks of four
+        (PAST + 16, False, True),  # streamed, rows past the prefetch distance
     ],
 )
 @pytest.mark.parametrize("center", [True, False])

@@ -43,7 +43,6 @@ from .stream import (
     line_head,
     line_len,
     lines_backward,
-    prefetch,
     prefetch_l1,
     store_fence,
     store_line_normalized,
@@ -91,15 +90,13 @@ BACKWARD_STREAM_MIN_BYTES = 16 << 20
 # between the two passes that read it.
 STREAM_MAX_ROW_BYTES = 128 << 10
 
-# Rows whose inputs (x; x and dy in the backward) take up to this many bytes are streamed one
-# at a time, prefetched ``STREAM_PREFETCH_BYTES`` of input ahead (``_forward_rows_stream``,
-# ``_backward_rows_stream``); longer ones in blocks of four, the next block prefetched. One row
-# keeps one read and one write stream where a block interleaves four of each. Measured side by
-# side on 2 cores (AMD EPYC), float32, one row at a time against blocks of four, forward /
-# backward: 1.25x / 1.5x at 32768x1024, 1.25x / - at 65536x512, 1.0x / 1.1x at 16384x2048,
-# 1.0-1.25x / 0.96x at 8192x4096 (the spread is the machine's, from run to run), 1.0x / - at
-# 4096x8192, 0.93x / - at 2048x16384.
-STREAM_BLOCK_MIN_ROW_BYTES = 16 << 10
+# The streamed passes take their rows one at a time, x (and dy) ``STREAM_PREFETCH_BYTES`` ahead
+# (in all, at least the next row) prefetched (``_forward_rows_stream``, ``_backward_rows_stream``).
+# Rows of more than 16 KB of inputs used to go in blocks of four, the next block prefetched,
+# which measured alike when first measured (one row against blocks: forward 1.0-1.25x at
+# 8192x4096, 0.93x at 2048x16384; backward 0.96x at 8192x4096) but, side by side on 2 cores
+# (AMD EPYC) with the memory system busier, float32: forward 2.5x at 2048x8192, 2.2x at
+# 1024x16384; backward 2.8-3.4x at 2048x4096, 8192x4096, 1024x16384 and 512x32768.
 # Rows up to this long (not streamed) go two at a time through the forward's row loop, the
 # output pass of the two together (``rows2_forward_at``): each column's w and b loaded once for
 # both rows, and twice the work between two rows' scalar statistics. Measured side by side on 2
@@ -544,51 +541,6 @@ def _col_grads(dx, dw_acc, db_acc, dy, w, j, xh, r, a, bb):
     dx[j] = r * (g - a - xh * bb)
 
 
-@njit(inline="always")
-def _col4_terms(dy, x, w, m, j):
-    """Column j of four rows' first-pass terms: x - m and gy = dy * w for each row (dy, x:
-    (4, N); w: (N,) or None; m: 4-tuple). Inlined into its callers' loops, which it shares."""
-    u0 = x[0, j] - m[0]
-    u1 = x[1, j] - m[1]
-    u2 = x[2, j] - m[2]
-    u3 = x[3, j] - m[3]
-    v0 = dy[0, j]
-    v1 = dy[1, j]
-    v2 = dy[2, j]
-    v3 = dy[3, j]
-    if w is not None:
-        wj = w[j]
-        v0 = v0 * wj
-        v1 = v1 * wj
-        v2 = v2 * wj
-        v3 = v3 * wj
-    return u0, u1, u2, u3, v0, v1, v2, v3
-
-
-@njit(**_jit_reduce)
-def rows4_backward_sums(dy, x, w, m):
-    """``row_backward_sums`` of four rows at once. dy, x: (4, N); w: (N,) or None; m: 4-tuple of
-    the rows' saved means in x's dtype. Returns three 4-tuples: the rows' sum(x - m), sum(gy),
-    sum(gy * (x - m))."""
-    t = x.dtype.type
-    e0 = e1 = e2 = e3 = g0 = g1 = g2 = g3 = q0 = q1 = q2 = q3 = t(0)
-    for j in range(x.shape[1]):
-        u0, u1, u2, u3, v0, v1, v2, v3 = _col4_terms(dy, x, w, m, j)
-        e0 += u0
-        e1 += u1
-        e2 += u2
-        e3 += u3
-        g0 += v0
-        g1 += v1
-        g2 += v2
-        g3 += v3
-        q0 += u0 * v0
-        q1 += u1 * v1
-        q2 += u2 * v2
-        q3 += u3 * v3
-    return (e0, e1, e2, e3), (g0, g1, g2, g3), (q0, q1, q2, q3)
-
-
 # ---------------------------------------------------------------------------------------------
 # Drivers over rows. Serial and parallel drivers share the row routines above.
 # ---------------------------------------------------------------------------------------------
@@ -716,58 +668,6 @@ def _row_lines(yf, n):
 
 
 @njit(inline="always", **_jit)
-def rows4_forward_range(y, x, w, b, x0, cr, r, j0, j1):
-    """Columns j0..j1-1 of four rows' output (``rows4_forward`` on those columns, see
-    ``_cols``), as ``store_line_normalized`` computes it but with ordinary stores. y: (4, N) out;
-    x: (4, N); w, b: (N,) or None; x0, cr, r: 4-tuples in x's dtype."""
-    rows4_forward(y[:, j0:j1], x[:, j0:j1], _cols(w, j0, j1), _cols(b, j0, j1), x0, cr, r)
-
-
-@njit(**_jit)
-def _forward_blocks_stream(y, mean, rstd, x, w, b, eps, center, h, e, lo, hi):
-    """Rows lo..hi-1 of ``_forward_rows_stream`` in blocks of four; returns the first row not
-    done (fewer than four remain).
-
-    Each block's statistics come first (``_stats4``), then its output a cache line of each row
-    at a time, computed in vector registers and streamed (``store_line_normalized``), while
-    the same lines of the next block are prefetched: the memory system reads the next block
-    while this one is written, and the next statistics pass finds its rows in the cache.
-    Measured at 8192x4096 float32 on 2 cores: 1.6x faster than the fused pass with ordinary
-    stores, 1.3x faster than streaming each block from a buffer in the cache.
-
-    Columns h..e-1 of every row are whole cache lines (``_row_lines``); the others take
-    ordinary stores (``rows4_forward_range``).
-    """
-    t = x.dtype.type
-    N = x.shape[1]
-    yf = y.reshape(-1)
-    xf = x.reshape(-1)
-    L = line_len(x)
-    i = lo
-    while i + 4 <= hi:
-        x0, c, r = _stats4(x[i : i + 4], eps, center)
-        _save_stats4(mean, rstd, i, x0, c, r)
-        rs = (t(r[0]), t(r[1]), t(r[2]), t(r[3]))
-        crs = (t(c[0] * r[0]), t(c[1] * r[1]), t(c[2] * r[2]), t(c[3] * r[3]))
-        rows4_forward_range(y[i : i + 4], x[i : i + 4], w, b, x0, crs, rs, 0, h)
-        rows4_forward_range(y[i : i + 4], x[i : i + 4], w, b, x0, crs, rs, e, N)
-        ahead = i + 8 <= hi
-        for j in range(h, e, L):
-            k = i * N + j
-            store_line_normalized(yf, k, xf, k, w, b, j, x0[0], rs[0], crs[0])
-            store_line_normalized(yf, k + N, xf, k + N, w, b, j, x0[1], rs[1], crs[1])
-            store_line_normalized(yf, k + 2 * N, xf, k + 2 * N, w, b, j, x0[2], rs[2], crs[2])
-            store_line_normalized(yf, k + 3 * N, xf, k + 3 * N, w, b, j, x0[3], rs[3], crs[3])
-            if ahead:
-                prefetch(xf, k + 4 * N)
-                prefetch(xf, k + 5 * N)
-                prefetch(xf, k + 6 * N)
-                prefetch(xf, k + 7 * N)
-        i += 4
-    return i
-
-
-@njit(inline="always", **_jit)
 def row_forward_range(y, x, w, b, x0, cr, r, j0, j1):
     """Columns j0..j1-1 of one row's output (``row_forward`` on those columns, see ``_cols``),
     as ``store_line_normalized`` computes it but with ordinary stores. y: (N,) out; x: (N,);
@@ -816,12 +716,11 @@ def _forward_rows_stream(y, mean, rstd, x, w, b, eps, center, lo, hi):
     """Rows lo..hi-1 of the forward pass with the output written with non-temporal stores;
     returns the first row not done.
 
-    Rows up to ``STREAM_BLOCK_MIN_ROW_BYTES`` go one at a time: the row's statistics
-    (``row_stats_one_pass``), then its output a cache line at a time, computed in vector
-    registers and streamed (``store_line_normalized``), while the row ``STREAM_PREFETCH_BYTES``
-    ahead is prefetched into L1 line by line: the memory system reads ahead while this row is
-    written, and the statistics pass finds its row in the cache. Longer rows go in blocks of
-    four (``_forward_blocks_stream``), which then leaves fewer than four rows undone.
+    Rows go one at a time: the row's statistics (``row_stats_one_pass``), then its output a
+    cache line at a time, computed in vector registers and streamed (``store_line_normalized``),
+    while x ``STREAM_PREFETCH_BYTES`` ahead (at least the next row) is prefetched into L1 line by
+    line: the memory system reads ahead while this row is written, and the statistics pass finds
+    its row in the cache.
 
     Shapes as ``_forward_rows``. The rows must all start at the same place within a cache line
     (N * itemsize a multiple of ``LINE_BYTES``, y aligned to its dtype), else no row is done
@@ -838,8 +737,6 @@ def _forward_rows_stream(y, mean, rstd, x, w, b, eps, center, lo, hi):
     h, e = _row_lines(yf, N)
     if h < 0 or lo == hi:
         return lo
-    if N * x.itemsize > STREAM_BLOCK_MIN_ROW_BYTES:
-        return _forward_blocks_stream(y, mean, rstd, x, w, b, eps, center, h, e, lo, hi)
     L = line_len(x)
     ahead = max(1, STREAM_PREFETCH_BYTES // (N * x.itemsize)) * N  # elements
     end = hi * N  # prefetches stop at the thread's last row
@@ -1015,77 +912,6 @@ def forward_parallel(y, mean, rstd, x, w, b, eps, center, block, stream, nt):
         _forward_rows(y, mean, rstd, x, w, b, eps, center, block, stream, lo, hi)
 
 
-@njit(**_jit)
-def _means4(mean, i, t):
-    """The saved means of rows i..i+3 as a 4-tuple of dtype t (zeros where mean is None)."""
-    if mean is None:
-        return (t(0), t(0), t(0), t(0))
-    return (t(mean[i]), t(mean[i + 1]), t(mean[i + 2]), t(mean[i + 3]))
-
-
-@njit(**_jit)
-def _coefs4(n, rstd, i, sums, center, t):
-    """The second-pass constants of rows i..i+3 from their ``rows4_backward_sums``:
-    (c, cr, r, a, bb), 4-tuples of dtype t (see ``store_lines_backward``)."""
-    s_e, s_g, s_ge = sums
-    r0, r1, r2, r3 = rstd[i] * 1.0, rstd[i + 1] * 1.0, rstd[i + 2] * 1.0, rstd[i + 3] * 1.0
-    c0, a0, b0 = backward_coefs(n, r0, s_e[0], s_g[0], s_ge[0], center)
-    c1, a1, b1 = backward_coefs(n, r1, s_e[1], s_g[1], s_ge[1], center)
-    c2, a2, b2 = backward_coefs(n, r2, s_e[2], s_g[2], s_ge[2], center)
-    c3, a3, b3 = backward_coefs(n, r3, s_e[3], s_g[3], s_ge[3], center)
-    return (
-        (t(c0), t(c1), t(c2), t(c3)),
-        (t(c0 * r0), t(c1 * r1), t(c2 * r2), t(c3 * r3)),
-        (t(r0), t(r1), t(r2), t(r3)),
-        (t(a0), t(a1), t(a2), t(a3)),
-        (t(b0), t(b1), t(b2), t(b3)),
-    )
-
-
-@njit(**_jit)
-def _backward_blocks_stream(dx, dw_acc, db_acc, dy, x, mean, rstd, w, h, e, lo, hi):
-    """Rows lo..hi-1 of ``_backward_rows_stream`` in blocks of four; returns the first row not
-    done (fewer than four remain).
-
-    Each block's first pass (``rows4_backward_sums``) comes first, then its second pass a cache
-    line of each row at a time, in vector registers (``store_lines_backward``), while the same
-    lines of the next block's x and dy are prefetched: the memory system reads the next block
-    while this one is written, and the next first pass finds its rows in the cache. Columns
-    h..e-1 of every row are whole cache lines (``_row_lines``); the others are taken as the
-    whole lines from column 0 and to column n - 1, with ordinary stores
-    (``line_backward_masked``), in the aligned lines' arithmetic: dx and the dw/db sums do not
-    depend on where dx starts within a line.
-    """
-    t = x.dtype.type
-    center = mean is not None
-    n = x.shape[1]
-    dxf = dx.reshape(-1)
-    dyf = dy.reshape(-1)
-    xf = x.reshape(-1)
-    L = line_len(x)
-    i = lo
-    while i + 4 <= hi:
-        m = _means4(mean, i, t)
-        sums = rows4_backward_sums(dy[i : i + 4], x[i : i + 4], w, m)
-        c, cr, r, a, bb = _coefs4(n, rstd, i, sums, center, t)
-        if h > 0:  # columns 0..h-1: the line from column 0 of each row
-            line_backward_masked(dxf, dw_acc, db_acc, dyf, xf, w, i * n, n, 0,
-                                 m, cr, r, a, bb, 0, h)  # fmt: skip
-        if e < n:  # columns e..n-1: the line ending at column n - 1
-            line_backward_masked(dxf, dw_acc, db_acc, dyf, xf, w, i * n + n - L, n, n - L,
-                                 m, cr, r, a, bb, e - (n - L), L)  # fmt: skip
-        ahead = i + 8 <= hi
-        for j in range(h, e, L):
-            k = i * n + j
-            store_lines_backward(dxf, dw_acc, db_acc, dyf, xf, w, k, n, j, m, cr, r, a, bb)
-            if ahead:
-                for q in range(4, 8):
-                    prefetch(xf, k + q * n)
-                    prefetch(dyf, k + q * n)
-        i += 4
-    return i
-
-
 @njit(inline="always", **_jit)
 def row_backward_range(dx, dw_acc, db_acc, dy, x, w, m, cr, r, a, bb, j0, j1):
     """Columns j0..j1-1 of one row's second backward pass (``row_backward`` on those columns,
@@ -1114,18 +940,17 @@ def _backward_rows_stream(dx, dw_acc, db_acc, dy, x, mean, rstd, w, lo, hi):
     """Rows lo..hi-1 of the backward pass with dx written with non-temporal stores; returns
     the first row not done.
 
-    Rows whose x and dy together take up to ``STREAM_BLOCK_MIN_ROW_BYTES`` go one at a time:
-    the row's first pass (``_row_line_coefs``), then its second pass a cache line at a time,
-    in vector registers (``store_lines_backward``), while x and dy ``STREAM_PREFETCH_BYTES``
-    ahead (in all) are prefetched into L1, past the end of this call's rows. Where the rows
+    Rows go one at a time: the row's first pass (``_row_line_coefs``), then its second pass a
+    cache line at a time, in vector registers (``store_lines_backward``), while x and dy
+    ``STREAM_PREFETCH_BYTES`` ahead (in all; at least the next row) are prefetched into L1, past
+    the end of this call's rows. Where the rows
     start part-way through a line (NumPy's large arrays start 16 bytes past one), the line
     holding one row's last columns and the next row's first goes after the next row's first
     pass, with both rows' constants (``store_seam_backward``), so every line from the first
     row's first line boundary to the last row's last one is streamed whole; its columns'
     accumulators sit in a line of their own meanwhile, so that every column's terms still add
     up in row order: dx, dw and db are the unstreamed pass's (``_backward_rows_lines``) bit for
-    bit, wherever dx starts within a line. Longer rows go in blocks of four
-    (``_backward_blocks_stream``), which then leaves fewer than four rows undone.
+    bit, wherever dx starts within a line.
 
     Arguments as ``_backward_rows``. As in ``_forward_rows_stream``, dx's rows must all start at
     the same place within a cache line, else no row is done (returns lo).
@@ -1137,8 +962,6 @@ def _backward_rows_stream(dx, dw_acc, db_acc, dy, x, mean, rstd, w, lo, hi):
     h, e = _row_lines(dxf, n)
     if h < 0 or lo == hi:
         return lo
-    if 2 * n * x.itemsize > STREAM_BLOCK_MIN_ROW_BYTES:  # a row of x and one of dy
-        return _backward_blocks_stream(dx, dw_acc, db_acc, dy, x, mean, rstd, w, h, e, lo, hi)
     L = line_len(x)
     s = n - e  # the columns of a row in the line it shares with the next (0: none)
     # the seam lines' weights (columns e..n-1, then 0..h-1) and dw/db terms, lane for lane
@@ -1156,14 +979,14 @@ def _backward_rows_stream(dx, dw_acc, db_acc, dy, x, mean, rstd, w, lo, hi):
     m, cr, rt, at, bt = _row_line_coefs(dy, x, w, mean, rstd, lo)
     if s > 0:  # columns 0..h-1 of the first row: the line from column 0, as the lines path
         line_backward_masked(
-            dxf, dw_acc, db_acc, dyf, xf, w, lo * n, n, 0, (m,), (cr,), (rt,), (at,), (bt,), 0, h
+            dxf, dw_acc, db_acc, dyf, xf, w, lo * n, 0, (m,), (cr,), (rt,), (at,), (bt,), 0, h
         )
         _swap_seam(dw_acc, db_acc, seam_dw, seam_db, e, s)
     for i in range(lo, hi):
         for j in range(h, e, L):
             k = i * n + j
             store_lines_backward(
-                dxf, dw_acc, db_acc, dyf, xf, w, k, n, j, (m,), (cr,), (rt,), (at,), (bt,)
+                dxf, dw_acc, db_acc, dyf, xf, w, k, j, (m,), (cr,), (rt,), (at,), (bt,)
             )
             if k + ahead < end:
                 prefetch_l1(xf, k + ahead)
@@ -1172,13 +995,13 @@ def _backward_rows_stream(dx, dw_acc, db_acc, dy, x, mean, rstd, w, lo, hi):
             break
         m2, cr2, rt2, at2, bt2 = _row_line_coefs(dy, x, w, mean, rstd, i + 1)
         if s > 0:
-            store_seam_backward(dxf, seam_dw, seam_db, dyf, xf, seam_w, i * n + e, n, 0,
+            store_seam_backward(dxf, seam_dw, seam_db, dyf, xf, seam_w, i * n + e, 0,
                                 (m, m2), (cr, cr2), (rt, rt2), (at, at2), (bt, bt2), s)  # fmt: skip
         m, cr, rt, at, bt = m2, cr2, rt2, at2, bt2
     if s > 0:  # columns e..n-1 of the last row: the line ending at column n - 1
         _swap_seam(dw_acc, db_acc, seam_dw, seam_db, e, s)
         line_backward_masked(
-            dxf, dw_acc, db_acc, dyf, xf, w, (hi - 1) * n + n - L, n, n - L,
+            dxf, dw_acc, db_acc, dyf, xf, w, (hi - 1) * n + n - L, n - L,
             (m,), (cr,), (rt,), (at,), (bt,), L - s, L,
         )  # fmt: skip
     return hi
@@ -1232,11 +1055,11 @@ def _backward_rows_lines(dx, dw_acc, db_acc, dy, x, mean, rstd, w, lo, hi):
         k0 = i * n
         if h > 0:  # columns 0..h-1: the line from column 0
             line_backward_masked(
-                dxf, dw_acc, db_acc, dyf, xf, w, k0, n, 0, (m,), (cr,), (rt,), (at,), (bt,), 0, h
+                dxf, dw_acc, db_acc, dyf, xf, w, k0, 0, (m,), (cr,), (rt,), (at,), (bt,), 0, h
             )
         for j in range(h, e, L):
             lines_backward(
-                dxf, dw_acc, db_acc, dyf, xf, w, k0 + j, n, j, (m,), (cr,), (rt,), (at,), (bt,)
+                dxf, dw_acc, db_acc, dyf, xf, w, k0 + j, j, (m,), (cr,), (rt,), (at,), (bt,)
             )
             if ahead:  # the same line of the next row: x and dy to read, dx to write
                 prefetch_l1(xf, k0 + n + j)
@@ -1244,7 +1067,7 @@ def _backward_rows_lines(dx, dw_acc, db_acc, dy, x, mean, rstd, w, lo, hi):
                 prefetch_l1(dxf, k0 + n + j)
         if e < n:  # columns e..n-1: the line ending at column n - 1
             line_backward_masked(
-                dxf, dw_acc, db_acc, dyf, xf, w, k0 + n - L, n, n - L,
+                dxf, dw_acc, db_acc, dyf, xf, w, k0 + n - L, n - L,
                 (m,), (cr,), (rt,), (at,), (bt,), e - (n - L), L,
             )  # fmt: skip
 

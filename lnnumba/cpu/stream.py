@@ -217,9 +217,10 @@ def _lines_backward(name, nontemporal, masked, doc, seam=False):
     """The intrinsic ``store_lines_backward`` (``nontemporal``), ``lines_backward``,
     ``line_backward_masked`` (``masked``: two more arguments, the lanes whose dw/db terms
     count) or ``store_seam_backward`` (``seam``: one line of two rows, one more argument, the
-    lane where the second row starts)."""
+    lane where the second row starts). The rows' constants come as 1-tuples (2-tuples for a
+    seam line)."""
 
-    def typer(dx, dw_acc, db_acc, dy, x, w, k, n, j, m, cr, r, a, bb, lanes):
+    def typer(dx, dw_acc, db_acc, dy, x, w, k, j, m, cr, r, a, bb, lanes):
         if not all(isinstance(t, types.Integer) for t in lanes):
             return None
         if not (isinstance(dx, types.Array) and isinstance(dx.dtype, types.Float)):
@@ -230,14 +231,10 @@ def _lines_backward(name, nontemporal, masked, doc, seam=False):
         if not all(t == types.none or (isinstance(t, types.Array) and t.dtype == ft)
                    for t in (db_acc, w)):  # fmt: skip
             return None
-        if not (isinstance(m, types.UniTuple) and m.count in ((2,) if seam else (1, 4))):
+        count = 2 if seam else 1  # a seam line's lanes take their constants from two rows
+        if not all(isinstance(t, types.UniTuple) and t.count == count for t in (m, cr, r, a, bb)):
             return None
-        rows = m.count
-        if not all(isinstance(t, types.UniTuple) and t.count == rows for t in (cr, r, a, bb)):
-            return None
-        if seam:  # one line, its lanes' constants from the two rows
-            rows = 1
-        sig = types.void(dx, dw_acc, db_acc, dy, x, w, k, n, j, m, cr, r, a, bb, *lanes)
+        sig = types.void(dx, dw_acc, db_acc, dy, x, w, k, j, m, cr, r, a, bb, *lanes)
 
         def codegen(context, builder, signature, args):
             st = signature.args
@@ -245,18 +242,14 @@ def _lines_backward(name, nontemporal, masked, doc, seam=False):
             flags = ("contract", "nsz")
             keep = None  # the lanes whose dw/db terms count (masked), as an i1 vector
             if masked:
-                keep = lane_mask(context, builder, vt, args[14], st[14], args[15], st[15])
-            dxv, dwv, dbv, dyv, xv, wv, kv, nv, jv = args[:9]
+                keep = lane_mask(context, builder, vt, args[13], st[13], args[14], st[14])
+            dxv, dwv, dbv, dyv, xv, wv, kv, jv = args[:8]
             k = context.cast(builder, kv, st[6], types.intp)
-            n = context.cast(builder, nv, st[7], types.intp)
-            kq = [k]
-            for _ in range(rows - 1):
-                kq.append(builder.add(kq[-1], n))
 
             second = None  # seam: the lanes of the second row, as an i1 vector
             if seam:
                 end = context.get_constant(types.intp, vt.count)
-                second = lane_mask(context, builder, vt, args[14], st[14], end, types.intp)
+                second = lane_mask(context, builder, vt, args[13], st[13], end, types.intp)
 
             def splat_q(tup, tty, q):  # element q of a tuple, in every lane
                 v = splat(context, builder, builder.extract_value(tup, q), tty.dtype, ft, vt)
@@ -270,59 +263,51 @@ def _lines_backward(name, nontemporal, masked, doc, seam=False):
 
             wl = None
             if st[5] != types.none:
-                wl = builder.load(line_ptr(context, builder, st[5], wv, st[8], jv, vt), align=size)
-            gh = []
-            gs = []
-            for q in range(rows):
-                m_, cr_, r_, a_, bb_ = (splat_q(args[9 + t], st[9 + t], q) for t in range(5))
-                xl = builder.load(line(4, kq[q]), align=size)
-                g = builder.load(line(3, kq[q]), align=size)
-                h = builder.fsub(builder.fmul(builder.fsub(xl, m_, flags=flags), r_, flags=flags),
-                                 cr_, flags=flags)  # fmt: skip
-                gh.append(builder.fmul(g, h, flags=flags))
-                gs.append(g)
-                gw = builder.fmul(g, wl, flags=flags) if wl is not None else g
-                d = builder.fsub(builder.fsub(gw, a_, flags=flags),
-                                 builder.fmul(h, bb_, flags=flags), flags=flags)  # fmt: skip
-                out = builder.fmul(r_, d, flags=flags)
-                store_line_vector(builder, out, line(0, kq[q]), size, nontemporal)
+                wl = builder.load(line_ptr(context, builder, st[5], wv, st[7], jv, vt), align=size)
+            m_, cr_, r_, a_, bb_ = (splat_q(args[8 + t], st[8 + t], 0) for t in range(5))
+            xl = builder.load(line(4, k), align=size)
+            g = builder.load(line(3, k), align=size)
+            h = builder.fsub(builder.fmul(builder.fsub(xl, m_, flags=flags), r_, flags=flags),
+                             cr_, flags=flags)  # fmt: skip
+            gw = builder.fmul(g, wl, flags=flags) if wl is not None else g
+            d = builder.fsub(builder.fsub(gw, a_, flags=flags),
+                             builder.fmul(h, bb_, flags=flags), flags=flags)  # fmt: skip
+            out = builder.fmul(r_, d, flags=flags)
+            store_line_vector(builder, out, line(0, k), size, nontemporal)
 
-            def total(v):
-                if len(v) == 1:
-                    t = v[0]
-                else:
-                    t = builder.fadd(builder.fadd(v[0], v[1], flags=flags),
-                                     builder.fadd(v[2], v[3], flags=flags),
-                                     flags=flags)  # fmt: skip
+            def accumulate(acc_ty, acc, term):
+                # acc + term, contracted to a fused multiply-add where term is a product; the
+                # lanes outside ``keep`` keep acc. Selecting after the sum, not the term before
+                # it, keeps the contraction where the target has no masked fused multiply-add
+                # (AVX2), so every lane's sum rounds as the unmasked lines' do
+                p = line_ptr(context, builder, acc_ty, acc, st[7], jv, vt)
+                old = builder.load(p, align=size)
+                new = builder.fadd(old, term, flags=flags)
                 if keep is not None:
-                    t = builder.select(keep, t, ir.Constant(vt, [0.0] * vt.count))
-                return t
+                    new = builder.select(keep, new, old)
+                builder.store(new, p, align=size)
 
-            p = line_ptr(context, builder, st[1], dwv, st[8], jv, vt)
-            builder.store(builder.fadd(builder.load(p, align=size), total(gh), flags=flags), p,
-                          align=size)  # fmt: skip
+            accumulate(st[1], dwv, builder.fmul(g, h, flags=flags))
             if st[2] != types.none:
-                p = line_ptr(context, builder, st[2], dbv, st[8], jv, vt)
-                builder.store(builder.fadd(builder.load(p, align=size), total(gs), flags=flags),
-                              p, align=size)  # fmt: skip
+                accumulate(st[2], dbv, g)
             return context.get_dummy_value()
 
         return sig, codegen
 
     if masked:
 
-        def lines(typingctx, dx, dw_acc, db_acc, dy, x, w, k, n, j, m, cr, r, a, bb, q0, q1):
-            return typer(dx, dw_acc, db_acc, dy, x, w, k, n, j, m, cr, r, a, bb, (q0, q1))
+        def lines(typingctx, dx, dw_acc, db_acc, dy, x, w, k, j, m, cr, r, a, bb, q0, q1):
+            return typer(dx, dw_acc, db_acc, dy, x, w, k, j, m, cr, r, a, bb, (q0, q1))
 
     elif seam:
 
-        def lines(typingctx, dx, dw_acc, db_acc, dy, x, w, k, n, j, m, cr, r, a, bb, s):
-            return typer(dx, dw_acc, db_acc, dy, x, w, k, n, j, m, cr, r, a, bb, (s,))
+        def lines(typingctx, dx, dw_acc, db_acc, dy, x, w, k, j, m, cr, r, a, bb, s):
+            return typer(dx, dw_acc, db_acc, dy, x, w, k, j, m, cr, r, a, bb, (s,))
 
     else:
 
-        def lines(typingctx, dx, dw_acc, db_acc, dy, x, w, k, n, j, m, cr, r, a, bb):
-            return typer(dx, dw_acc, db_acc, dy, x, w, k, n, j, m, cr, r, a, bb, ())
+        def lines(typingctx, dx, dw_acc, db_acc, dy, x, w, k, j, m, cr, r, a, bb):
+            return typer(dx, dw_acc, db_acc, dy, x, w, k, j, m, cr, r, a, bb, ())
 
     return _named_intrinsic(lines, name, doc)
 
@@ -331,17 +316,16 @@ store_lines_backward = _lines_backward(
     "store_lines_backward",
     True,
     False,
-    """One cache line of one or four rows' second backward pass, in vector registers: with
-h = (x - m) * r - cr and gw = dy * w, for rows q = 0..R-1 at k + q * n of the flattened arrays,
+    """One cache line of one row's second backward pass, in vector registers: with
+h = (x - m) * r - cr and gw = dy * w, for the line at k of the flattened arrays,
 
     dx = r * (gw - a - h * bb)                      (non-temporal stores)
-    dw_acc[j:j+L] += sum over q of dy * h,  db_acc[j:j+L] += sum over q of dy
+    dw_acc[j:j+L] += dy * h,  db_acc[j:j+L] += dy
 
-(the sums over four rows as ``(q0 + q1) + (q2 + q3)``). dx, dy,
-x: 1-d C-contiguous, one float dtype; dw_acc: (N,) of it; db_acc, w: (N,) of it or None;
-k, n, j: the flat index of row 0's line, the row length, the line's column; m, cr, r, a, bb:
-R-tuples of the dtype, R = 1 or 4. &dx[k + q * n] must be LINE_BYTES-aligned. Contracts
-to fused multiply-adds only (``contract``, ``nsz``), like the kernels' element-wise loops.
+dx, dy, x: 1-d C-contiguous, one float dtype; dw_acc: (N,) of it; db_acc, w: (N,) of it or
+None; k, j: the flat index of the line, its column; m, cr, r, a, bb: 1-tuples of the dtype.
+&dx[k] must be LINE_BYTES-aligned. Contracts to fused multiply-adds only (``contract``,
+``nsz``), like the kernels' element-wise loops: dw_acc's sum is one, dy * h + dw_acc.
 """,
 )
 
@@ -357,14 +341,14 @@ line_backward_masked = _lines_backward(
     "line_backward_masked",
     False,
     True,
-    """``lines_backward`` for one or four rows whose dw/db terms count only in lanes q0..q1-1
-of the line (two more arguments, q0 and q1): dx is written in every lane. For a row's first
-and last partial lines, taken as whole lines that overlap the row's aligned lines
-(``cpu.norm._backward_rows_lines``, and the streamed passes): the overlapping lanes' dx is
-written twice, the same value, and their dw/db terms are added once; every column then gets
-the aligned lines' arithmetic, wherever the rows start within a line. Elements of a row before
-its line boundary are otherwise a scalar loop's work or a function call each, which cost a row
-of 256 float32 more than its aligned lines saved.""",
+    """``lines_backward`` for a line whose dw/db terms count only in lanes q0..q1-1 (two more
+arguments, q0 and q1): dx is written in every lane, and the other lanes' accumulators keep
+their values. For a row's first and last partial lines, taken as whole lines that overlap the
+row's aligned lines (``cpu.norm._backward_rows_lines``, and the streamed passes): the
+overlapping lanes' dx is written twice, the same value, and their dw/db terms are added once;
+every column then gets the aligned lines' arithmetic, wherever the rows start within a line.
+Elements of a row before its line boundary are otherwise a scalar loop's work or a function
+call each, which cost a row of 256 float32 more than its aligned lines saved.""",
 )
 
 
@@ -407,17 +391,10 @@ def _prefetch(a, k, locality):
 
 
 @intrinsic
-def prefetch(typingctx, a, k):
-    """Asks the cache for the line holding a[k] (a: a 1-d array; k: an index, which need not
-    be in range: a prefetch never faults), to be read soon: into L2 (LLVM's ``llvm.prefetch``,
-    moderate locality; ``prefetcht1`` on x86)."""
-    return _prefetch(a, k, 2)
-
-
-@intrinsic
 def prefetch_l1(typingctx, a, k):
-    """``prefetch`` into L1 (high locality; ``prefetcht0`` on x86), for a line read once soon
-    after, in a working set small enough for L1."""
+    """Asks the cache for the line holding a[k] (a: a 1-d array; k: an index, which need not
+    be in range: a prefetch never faults), to be read soon, into L1 (LLVM's ``llvm.prefetch``,
+    high locality; ``prefetcht0`` on x86)."""
     return _prefetch(a, k, 3)
 
 
