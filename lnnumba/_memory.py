@@ -54,9 +54,10 @@ POOL_MAX_BYTES = 16 << 20
 # Alignment of a pooled array's data (a cache line, and an AVX-512 vector).
 _ALIGN = 64
 
-# (shape, dtype) -> the pool's buffers for arrays of that shape and dtype, each an entry
-# [buf, template, last use, nbytes]: buf a uint8 array of nbytes + _ALIGN bytes, template the
-# (shape, dtype) view of its aligned part, of which ``empty`` returns views.
+# (shape, dtype), or (shape, dtype, offset) for arrays at an offset (see ``empty``) -> the pool's
+# buffers for such arrays, each an entry [buf, template, last use, nbytes]: buf a uint8 array
+# of nbytes + _ALIGN bytes, template the (shape, dtype) view of its part at the offset, of which
+# ``empty`` returns views.
 _pool = {}
 # (shape, dtype) -> bytes, for the last _SIZES_MAX or so asked for: a small array then comes
 # from np.empty without its size worked out again (0.3-0.5 us, twice np.empty's own cost).
@@ -111,14 +112,16 @@ if hasattr(os, "register_at_fork"):  # POSIX
     os.register_at_fork(after_in_child=_new_lock)
 
 
-def empty(shape, dtype):
+def empty(shape, dtype, offset=0):
     """``np.empty(shape, dtype)`` (C order), from the pool when it takes ``POOL_MIN_BYTES`` or
-    more. shape: tuple of ints; dtype: a NumPy dtype."""
+    more, its data then ``offset`` bytes past an ``_ALIGN``-byte boundary. shape: tuple of ints;
+    dtype: a NumPy dtype; offset: a multiple of the dtype's itemsize below ``_ALIGN``."""
     key = (shape, dtype)
     nbytes = _sizes.get(key)
     if nbytes is not None and nbytes < POOL_MIN_BYTES:
         return np.empty(shape, dtype)
-    es = _pool.get(key)
+    pkey = (shape, dtype, offset) if offset else key
+    es = _pool.get(pkey)
     if es is not None:
         # Claimed without the lock: a view is made first, and kept only if it is then the one
         # view alive. Two threads that both make a view of the same buffer both see two and
@@ -140,18 +143,19 @@ def empty(shape, dtype):
     if nbytes < POOL_MIN_BYTES or _IDLE_REFS is None:
         return np.empty(shape, dtype)
     _make_room()
-    buf, template = _aligned_empty(shape, dtype, nbytes)
+    buf, template = _aligned_empty(shape, dtype, nbytes, offset)
     a = template.view()
     with _lock:
-        _pool.setdefault(key, []).append([buf, template, next(_ticks), nbytes])
+        _pool.setdefault(pkey, []).append([buf, template, next(_ticks), nbytes])
     return a
 
 
-def _aligned_empty(shape, dtype, nbytes):
+def _aligned_empty(shape, dtype, nbytes, offset=0):
     """(buf, a): buf a uint8 array of nbytes + _ALIGN bytes, a the uninitialized (shape, dtype)
-    C-ordered view of its part that starts on an _ALIGN-byte boundary (nbytes its size)."""
+    C-ordered view of its part that starts ``offset`` bytes past an _ALIGN-byte boundary (nbytes
+    its size; 0 <= offset < _ALIGN)."""
     buf = np.empty(nbytes + _ALIGN, np.uint8)
-    k = -buf.ctypes.data % _ALIGN
+    k = (offset - buf.ctypes.data) % _ALIGN
     return buf, buf[k : k + nbytes].view(dtype).reshape(shape)
 
 

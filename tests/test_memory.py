@@ -72,6 +72,25 @@ def test_memory_is_reused_only_when_no_array_or_view_holds_it(pool):
     assert e2.base is not None and e2[::2].base is e2.base  # views refer to the buffer itself
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_pooled_arrays_at_an_offset_within_a_line(pool, dtype):
+    # each place within a line has buffers of its own, reused at that place only
+    shape = (1024, 3)
+    a = pool.empty(shape, dtype, 16)
+    assert a.ctypes.data % 64 == 16 and a.shape == shape and a.dtype == dtype
+    assert a.flags.c_contiguous and a.flags.aligned and not a.flags.owndata
+    pa = a.ctypes.data
+    del a
+    b = pool.empty(shape, dtype)  # on a line boundary: other memory, though a's is free
+    assert b.ctypes.data % 64 == 0 and b.ctypes.data != pa
+    c = pool.empty(shape, dtype, 48)
+    assert c.ctypes.data % 64 == 48 and c.ctypes.data != pa
+    d = pool.empty(shape, dtype, 16)  # a's memory comes back
+    assert d.ctypes.data == pa
+    d[...] = 1.0
+    assert not np.shares_memory(d, b) and not np.shares_memory(d, c)
+
+
 def test_memory_kept_is_bounded_and_released(pool, monkeypatch):
     """Before the pool allocates a buffer, it drops free ones, used longest ago first, until
     they total at most POOL_MAX_BYTES; buffers in use are never dropped."""

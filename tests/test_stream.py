@@ -599,3 +599,32 @@ def test_public_forward_in_place(rng, shape):
         z3 = z[:, None]  # 3-d, through the full checks, in place: out is x itself
         assert norm(z3, *args, out=z3) is z3
         np.testing.assert_array_equal(z, want)
+
+
+@pytest.mark.parametrize("norm", ["layer", "rms"])
+def test_public_backward_places_a_streamed_dx_where_x_starts(monkeypatch, rng, norm):
+    # where the backward streams, a new dx starts at x's place within a line when dy starts
+    # there too (the streamed lines are dx's), else on a line boundary; the gradients are the
+    # reference's either way
+    monkeypatch.setattr(K, "BACKWARD_STREAM_MIN_BYTES", 0)
+    M, N = 1024, 64  # 256 KB: past the small paths' pool threshold, parallel
+    x0 = (3 + make(rng, (M, N), np.float32)).astype(np.float32)
+    dy0 = make(rng, (M, N), np.float32)
+    w = make(rng, N, np.float32)
+    for xoff, dyoff, want in [(4, 4, 16), (12, 12, 48), (0, 0, 0), (4, 8, 0)]:
+        x, dy = at_offset((M, N), np.float32, xoff), at_offset((M, N), np.float32, dyoff)
+        x[:], dy[:] = x0, dy0
+        for direct in (True, False):  # the short path's checks, and the full ones (3-d)
+            xs, dys = (x, dy) if direct else (x.reshape(M // 2, 2, N), dy.reshape(M // 2, 2, N))
+            if norm == "layer":
+                _, m, r = L.layer_norm_forward(xs, w, None)
+                got = L.layer_norm_backward(dys, xs, m, r, w)
+                ref = R.layer_norm_backward(dys, xs, *R.layer_norm_forward(xs, w, None)[1:], w)
+            else:
+                _, r = L.rms_norm_forward(xs, w)
+                got = L.rms_norm_backward(dys, xs, r, w)
+                ref = R.rms_norm_backward(dys, xs, R.rms_norm_forward(xs, w)[1], w)
+            assert got[0].ctypes.data % LINE_BYTES == want, (xoff, dyoff, direct)
+            for a, b in zip(got, ref):
+                assert rel_err(a, b) < 1e-4, (xoff, dyoff, direct)
+    assert np.array_equal(x, x0) and np.array_equal(dy, dy0)
