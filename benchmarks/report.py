@@ -203,13 +203,14 @@ every machine measured so far (32 MB on some, 480 MB on others), so the roofline
 bandwidth; whether the backward's three arrays fit too depends on the machine, which
 `bwd_of_triad` (dx = x + dy, the backward's exact bytes) accounts for. At 4096x1024 float32
 PyTorch's forward also runs near the copy roofline, so the forward's ratio to PyTorch there
-swings with the machine's noise from run to run more than with the code. Forward outputs of
-32 MB and more, and backward outputs of 16 MB and more, are written with non-temporal stores
-(`lnnumba.cpu.stream`): a cache line at a time from vector registers, one row at a time while
-the rows ahead are prefetched (blocks of four rows where rows are long), so that the memory
+swings with the machine's noise from run to run more than with the code. Outputs of 16 MB and
+more are written with non-temporal stores (`lnnumba.cpu.stream`): a cache line at a time from
+vector registers, one row at a time while the rows ahead are prefetched, so that the memory
 system reads and writes at once; at 8192x4096 float32 that made the forward 1.5x and the
-backward 1.3x faster than ordinary stores, and it is
-why a streaming copy, not a plain one, is the roofline there. Outputs allocated per call (the
+backward 1.3x faster than ordinary stores, and it is why a streaming copy, not a plain one, is
+the roofline there. A streamed backward's new dx starts at x's place within a cache line (16
+bytes past one for NumPy's large arrays), so that its lines and those of x and dy align alike:
+1.4-1.7x at 4096x1024 float32 against dx on a line boundary. Outputs allocated per call (the
 `ln fwd µs` and `ln bwd µs` columns include them) of 1 MB and up come from lnnumba's pool of
 reused memory (`lnnumba._memory`), not from fresh pages, which the OS zeroes on first touch
 (glibc maps allocations of 32 MB and up anew each time, and smaller ones whenever its heap has

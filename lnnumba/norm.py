@@ -17,7 +17,8 @@ from .cpu import norm as _cpu
 _ndarray = np.ndarray
 _in_kernel_form = _args.in_kernel_form
 _SMALL = _cpu.PARALLEL_MIN_ELEMENTS  # x.size below which the forward runs serially
-# The largest input (bytes) that ``_small`` takes: up to it no blocked or streamed pass applies.
+# The largest input (bytes) that the short paths (``_small``, ``_small_stats``,
+# ``_small_backward``) take; larger ones take the full checks, whose cost is small beside them.
 _DIRECT_MAX_BYTES = _cpu.FORWARD_BLOCK_MIN_BYTES
 
 

@@ -147,7 +147,7 @@ def test_public_calls_stream_large_outputs(rng, monkeypatch):
     for a, b_ in zip([y, dx, dw, db, yq], want):
         assert rel_err(a, b_) < 1e-5
     monkeypatch.setattr(K, "STREAM_MAX_ROW_BYTES", x.shape[1] * x.itemsize - 1)
-    assert not K._streams(x, 0)  # rows too long for the four-row buffer to stay in L2
+    assert not K._streams(x, 0)  # rows too long to stay in L2 between the two reads
 
 
 def test_streamed_outputs_from_many_threads(rng, monkeypatch):

@@ -6,14 +6,13 @@ builds those views; kernels trust them.
 
 One row routine per operation serves every path: the serial drivers loop over rows, the parallel
 drivers split the rows among threads, and the recurrent cells call the row routines directly.
-Blocks of four rows have their own routines (``rows4_*``), the same arithmetic with each column's
-parameters and weight-gradient accumulators loaded once per four rows; the forward takes rows
-four at a time where that is faster, and the backward's second pass runs a cache line at a time
-in vector registers (``lines_backward``). LN and RMSNorm share the routines:
-``center=False`` skips the mean (RMSNorm). Large outputs (``STREAM_MIN_BYTES``) are written
-with non-temporal stores, a cache line at a time from vector registers, while the rows ahead
-are prefetched (``_forward_rows_stream``, ``_backward_rows_stream``; see
-``lnnumba.cpu.stream``).
+The forward's blocks of four rows have their own routines (``rows4_*``), the same arithmetic
+with each column's parameters loaded once per four rows, taken where that is faster; the
+backward's second pass runs a cache line at a time in vector registers (``lines_backward``).
+LN and RMSNorm share the routines: ``center=False`` skips the mean (RMSNorm). Large outputs
+(``STREAM_MIN_BYTES``) are written with non-temporal stores, a cache line at a time from vector
+registers, one row at a time while the rows ahead are prefetched (``_forward_rows_stream``,
+``_backward_rows_stream``; see ``lnnumba.cpu.stream``).
 
 Numerics
 --------
@@ -77,17 +76,18 @@ FUSE_MIN_ROW_BYTES = 4096
 
 # From this many bytes of output, the forward pass writes it with non-temporal stores (see
 # ``lnnumba.cpu.stream`` and ``_forward_rows_stream``), and from ``BACKWARD_STREAM_MIN_BYTES``
-# the backward (``_backward_rows_stream``). Measured side by side on 2 cores, streamed against
-# ordinary stores, forward / backward: at 4096x1024 float32 (16 MB: in and out may stay in the
-# last-level cache, and a reader of the output would find it there) 0.90x / 1.03x on an Intel
-# Xeon, 0.70x / 1.5x on an AMD EPYC (the backward measured against its former blocks of four;
-# its ordinary-store path now runs the same one-row loop); 1.14-1.26x / 1.19-1.30x at 8192x1024
-# float32 and 4096x1024 float64 (32 MB), 1.47x / 1.30x at 8192x4096 float32 (128 MB), on the
-# Xeon.
-STREAM_MIN_BYTES = 32 << 20
+# the backward (``_backward_rows_stream``). At 16 MB (4096x1024 float32) the inputs and outputs
+# together fill a 32 MB last-level cache, and which stores win depends on the machine and on
+# what else runs on it. Measured side by side on 2 cores, streamed against ordinary stores,
+# forward / backward: at 4096x1024 float32 0.90x / 1.03x on an Intel Xeon, 0.70x / 1.5x on an
+# AMD EPYC (the backward against its former blocks of four); on an AMD EPYC (Zen 3, AVX2)
+# with the memory busy, forward 1.9-2.2x at 4096x1024, 1.0x at 2048x1024 (8 MB), 0.65x at
+# 1024x1024 (4 MB, in the cache); 1.14-1.26x / 1.19-1.30x at 8192x1024 float32 and 4096x1024
+# float64 (32 MB), 1.47x / 1.30x at 8192x4096 float32 (128 MB), on the Xeon.
+STREAM_MIN_BYTES = 16 << 20
 BACKWARD_STREAM_MIN_BYTES = 16 << 20
-# Rows longer than this are not streamed: a block of four rows would no longer stay in L2
-# between the two passes that read it.
+# Rows longer than this are not streamed: the streamed passes read each row twice, and a longer
+# row, with the next one prefetched, would no longer stay in L2 between the two reads.
 STREAM_MAX_ROW_BYTES = 128 << 10
 
 # The streamed passes take their rows one at a time, x (and dy) ``STREAM_PREFETCH_BYTES`` ahead
@@ -95,7 +95,7 @@ STREAM_MAX_ROW_BYTES = 128 << 10
 # Rows of more than 16 KB of inputs used to go in blocks of four, the next block prefetched,
 # which measured alike when first measured (one row against blocks: forward 1.0-1.25x at
 # 8192x4096, 0.93x at 2048x16384; backward 0.96x at 8192x4096) but, side by side on 2 cores
-# (AMD EPYC) with the memory system busier, float32: forward 2.5x at 2048x8192, 2.2x at
+# (AMD EPYC, Zen 3) with the memory system busier, float32: forward 2.5x at 2048x8192, 2.2x at
 # 1024x16384; backward 2.8-3.4x at 2048x4096, 8192x4096, 1024x16384 and 512x32768.
 # Rows up to this long (not streamed) go two at a time through the forward's row loop, the
 # output pass of the two together (``rows2_forward_at``): each column's w and b loaded once for
