@@ -146,6 +146,16 @@ def test_public_calls_stream_large_outputs(rng, monkeypatch):
     assert streamed == [True] * 4
     for a, b_ in zip([y, dx, dw, db, yq], want):
         assert rel_err(a, b_) < 1e-5
+    # in place the forward touches half the bytes: streamed from twice STREAM_MIN_BYTES
+    z = x.copy()
+    del streamed[:]
+    L.layer_norm(z, w, b, out=z)
+    monkeypatch.setattr(K, "STREAM_MIN_BYTES", x.nbytes // 2)
+    z2 = x.copy()
+    L.layer_norm(z2, w, b, out=z2)
+    assert streamed == [False, True]
+    np.testing.assert_array_equal(z, z2)
+    assert rel_err(z, want[0]) < 1e-5
     monkeypatch.setattr(K, "STREAM_MAX_ROW_BYTES", x.shape[1] * x.itemsize - 1)
     assert not K._streams(x, 0)  # rows too long to stay in L2 between the two reads
 
