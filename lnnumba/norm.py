@@ -22,21 +22,16 @@ _SMALL = _cpu.PARALLEL_MIN_ELEMENTS  # x.size below which the forward runs seria
 _DIRECT_MAX_BYTES = _cpu.FORWARD_BLOCK_MIN_BYTES
 
 
-def _empty_like_rows(x):
-    """An uninitialized array of x's shape and dtype (C order) for the short paths' outputs:
-    from ``_memory``'s pool from ``_memory.POOL_MIN_BYTES`` up, else ``np.empty`` (at batch
-    one the pool's call would cost a third of the call)."""
+def _empty_like_rows(x, dy=None):
+    """An uninitialized array of x's shape and dtype (C order) for the outputs: from
+    ``_memory``'s pool from ``_memory.POOL_MIN_BYTES`` up, else ``np.empty`` (at batch one the
+    pool's call would cost a third of the call). With dy (the rows' gradient, x's shape and
+    dtype), a backward pass's dx: a pooled one is placed within a cache line where the backward
+    pass wants it (``_cpu.backward_out_offset``)."""
     if x.nbytes < _memory.POOL_MIN_BYTES:
         return np.empty(x.shape, x.dtype)
-    return _memory.empty(x.shape, x.dtype)
-
-
-def _empty_dx(dy, x):
-    """An uninitialized dx for the backward pass over rows x (M, N), dy (M, N) of x's dtype (C
-    order, x's shape and dtype): as ``_empty_like_rows``, with a pooled one placed within a
-    cache line where the backward pass wants it (``_cpu.backward_out_offset``)."""
-    if x.nbytes < _memory.POOL_MIN_BYTES:
-        return np.empty(x.shape, x.dtype)
+    if dy is None:
+        return _memory.empty(x.shape, x.dtype)
     return _memory.empty(x.shape, x.dtype, _cpu.backward_out_offset(dy, x))
 
 
@@ -165,7 +160,7 @@ def layer_norm_backward(dy, x, mean, rstd, weight=None, *, axis=-1):
     m = _args.stat(fn, "mean", mean, shape, axis, cdt)
     r = _args.stat(fn, "rstd", rstd, shape, axis, cdt)
     w = _args.param(fn, "weight", weight, shape, axis, cdt, rdt)
-    dx2 = _empty_dx(dy2, x2)
+    dx2 = _empty_like_rows(x2, dy2)
     dw = np.empty(N, cdt)
     db = np.empty(N, cdt)
     _cpu.backward(dx2, dw, db, dy2, x2, m, r, w)
@@ -236,7 +231,7 @@ def rms_norm_backward(dy, x, rstd, weight=None, *, axis=-1):
     dy2 = _args.like_x(fn, "dy", dy, shape, N, cdt, rdt)
     r = _args.stat(fn, "rstd", rstd, shape, axis, cdt)
     w = _args.param(fn, "weight", weight, shape, axis, cdt, rdt)
-    dx2 = _empty_dx(dy2, x2)
+    dx2 = _empty_like_rows(x2, dy2)
     dw = np.empty(N, cdt)
     _cpu.backward(dx2, dw, None, dy2, x2, None, r, w)
     return _shaped(dx2, shape, rdt), _shaped(dw, shape[axis:], rdt)
@@ -338,7 +333,7 @@ def _small_backward(dy, x, mean, rstd, w, axis):
         )
     ):
         return None
-    dx = _empty_dx(dy, x)
+    dx = _empty_like_rows(x, dy)
     dw = np.empty(x.shape[1], dt)
     if mean is None:
         _cpu.backward(dx, dw, None, dy, x, None, rstd.reshape(M), w)

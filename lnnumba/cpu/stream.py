@@ -369,9 +369,11 @@ where the part-lines at each row's ends took ordinary stores and short loops: th
 )
 
 
-def _prefetch(a, k, locality):
-    """The typing and code of a prefetch of the line at a[k], to the cache level that
-    ``locality`` (LLVM's hint: 3 nearest, 1 farthest) names."""
+@intrinsic
+def prefetch_l1(typingctx, a, k):
+    """Asks the cache for the line holding a[k] (a: a 1-d array; k: an index, which need not
+    be in range: a prefetch never faults), to be read soon, into L1 (LLVM's ``llvm.prefetch``,
+    high locality; ``prefetcht0`` on x86)."""
     if not isinstance(a, types.Array):
         return None
     sig = types.void(a, k)
@@ -384,18 +386,10 @@ def _prefetch(a, k, locality):
         data = context.make_array(signature.args[0])(context, builder, args[0]).data
         k = context.cast(builder, args[1], signature.args[1], types.intp)
         p = builder.bitcast(builder.gep(data, [k]), i8p)
-        builder.call(fn, [p, i32(0), i32(locality), i32(1)])  # read, locality, data
+        builder.call(fn, [p, i32(0), i32(3), i32(1)])  # read, high locality, data
         return context.get_dummy_value()
 
     return sig, codegen
-
-
-@intrinsic
-def prefetch_l1(typingctx, a, k):
-    """Asks the cache for the line holding a[k] (a: a 1-d array; k: an index, which need not
-    be in range: a prefetch never faults), to be read soon, into L1 (LLVM's ``llvm.prefetch``,
-    high locality; ``prefetcht0`` on x86)."""
-    return _prefetch(a, k, 3)
 
 
 @intrinsic
