@@ -124,9 +124,7 @@ def render(data, gpu):
         (
             "import + first call with a warm cache <= 1.0 s (NumPy and Numba only; with SciPy"
             " installed below)",
-            *_check(
-                st.get("plain", st)["import_plus_first_call_s"], 1.0, higher=False, fmt="{:.2f} s"
-            ),
+            *_check(st["plain"]["import_plus_first_call_s"], 1.0, higher=False, fmt="{:.2f} s"),
         ),
     ]
     inf, trn = cl[("inference", 256)], cl[("training", 512)]

@@ -90,8 +90,6 @@ def describe(r):
         f"first process (may compile): {r['cold_s']:.3f} s\n"
         f"warm cache, median of {r['runs']} (bare interpreter {r['bare_s']:.3f} s):\n"
     )
-    if "plain" not in r:  # a record from before the two installs were told apart
-        return text + f"  {_line(r)}"
     if not r["scipy_installed"]:
         return text + f"  NumPy and Numba only: {_line(r['plain'])}"
     return (
