@@ -162,7 +162,7 @@ def _calls_for(f, min_time):
         n *= 4
 
 
-def best_times(funcs, min_time=0.04, repeat=7):
+def best_times(funcs, min_time=0.04, repeat=7, settle=0.0):
     """Seconds per call of each function in ``funcs`` (a dict name -> f): the fastest of
     ``repeat`` rounds, each the mean over enough calls to last ``min_time``.
 
@@ -170,11 +170,17 @@ def best_times(funcs, min_time=0.04, repeat=7):
     that a slow spell of this shared machine falls on all of them alike. Other load on the
     machine only ever adds time, so the fastest round is the one it disturbed least: the best
     estimate of each function's own cost, and the most repeatable from run to run.
+
+    ``settle``: seconds to wait before each function's calls in each round, for peers whose
+    threads keep spinning after their last call (ONNX Runtime's default configuration spins for
+    tens of milliseconds) and would otherwise take the cores from whatever is timed next.
     """
     counts = {k: _calls_for(f, min_time) for k, f in funcs.items()}
     rounds = {k: [] for k in funcs}
     for _ in range(repeat):
         for k, f in funcs.items():
+            if settle:
+                time.sleep(settle)
             n = counts[k]
             t0 = time.perf_counter()
             for _ in range(n):

@@ -94,6 +94,29 @@ def _stream_gains(rows):
     )
 
 
+def _serving_floor_text(r):
+    """What bounds the batch-of-one step at H=256, with the run's own figures (r: its
+    serving record)."""
+    import serving
+
+    us = r.get("us", {})
+    if "read_weights" not in us or "onnxruntime" not in us:
+        return ""
+    floor, ort, ours = us["read_weights"], us["onnxruntime"], us["lnnumba"]
+    mb = r["weights_MB"]
+    return f"""At H=256 a step is bound by its two matrix-vector products: {mb:.0f} MB of
+weights, which lnnumba splits between the cores, each streaming its share from its own caches
+(see the recurrent-cells section for the products' time alone, split and through NumPy's BLAS).
+Reading the weights and nothing else (a sum over them, split as the step's products are) took
+{floor:.1f} us in this run, and lnnumba's whole step {ours / floor:.2f}x that. A step 3x faster
+than ONNX Runtime would take {ort / 3:.1f} us: {ort / 3 / floor:.2f}x the time to read its
+weights once, with the products' arithmetic, three layer norms, the gates and the call from
+Python still to fit in the rest. Each peer's calls here start after a pause of
+{serving.SETTLE_S:g} s: ONNX Runtime's default threads spin for tens of milliseconds after a
+run, and lnnumba's step timed right after them took 1.3-2x as long.
+"""
+
+
 def render(data, gpu):
     import cells
     import char_lm_speed
@@ -149,10 +172,10 @@ def render(data, gpu):
     ]
     clm = data["char_lm"]
     sv = {(r["H"], r.get("B", 1)): r for r in data.get("serving", [])}
-    s256 = sv.get((256, 1), {})
+    sv256 = sv.get((256, 1), {})
     targets_serving = [
-        ("step B=1 I=H=256 >= 3x eager PyTorch", *_check(s256.get("vs_torch_eager"), 3.0)),
-        ("step B=1 I=H=256 >= 3x ONNX Runtime", *_check(s256.get("vs_onnxruntime"), 3.0)),
+        ("step B=1 I=H=256 >= 3x eager PyTorch", *_check(sv256.get("vs_torch_eager"), 3.0)),
+        ("step B=1 I=H=256 >= 3x ONNX Runtime", *_check(sv256.get("vs_onnxruntime"), 3.0)),
         (
             "batched step for 64 streams costs far less than 64 single steps (no number given;"
             " the figure is how many times less)",
@@ -294,11 +317,7 @@ compare against ONNX Runtime's default configuration, the faster one.
 
 {_load_text(data.get("load_test"))}
 
-At H=256 a step is bound by its two matrix-vector products: 2 MB of weights, which lnnumba splits
-between the cores so that each streams its half from its own L2 cache (see the recurrent-cells
-section for their time alone, split and through NumPy's BLAS). ONNX Runtime in its default
-configuration also splits them over the cores; 3x faster than it would take a step several
-microseconds faster than the two products alone. At H=1024 the 32 MB of weights come from
+{_serving_floor_text(sv256)}At H=1024 the 32 MB of weights come from
 memory, and each core takes its share as two tasks, one after the other
 (`STEP_TWO_TASKS_MIN_SHARE` in lnnumba/nn/cells.py), which measured faster than one task a core
 and than BLAS.

@@ -8,7 +8,9 @@ step for B=64 independent streams against 64 single steps.
 import sys
 from pathlib import Path
 
+import numba
 import numpy as np
+from numba import njit, prange
 
 import lnnumba
 
@@ -99,6 +101,29 @@ def torch_step(cell):
     return step
 
 
+# Seconds between one peer's calls and the next's (see ``compare.best_times``).
+SETTLE_S = 0.1
+
+
+@njit(parallel=True, nogil=True, cache=True, fastmath=True)
+def read_weights(Wx, Wh, nt):
+    """The sum of every element of Wx (I, G) and Wh (H, G), the rows of [Wx; Wh] split into nt
+    contiguous blocks, one task each, as a batch-of-one ``step`` splits its two products
+    (``lnnumba.cpu.cells.matvec_pair``): the time to read a step's weights once from wherever
+    they stay between calls, and so the least time a step can take."""
+    I = Wx.shape[0]
+    K = I + Wh.shape[0]
+    part = np.zeros(nt)
+    for k in prange(nt):
+        s = Wx.dtype.type(0)
+        for i in range(k * K // nt, (k + 1) * K // nt):
+            row = Wx[i] if i < I else Wh[i - I]
+            for j in range(row.shape[0]):
+                s += row[j]
+        part[k] = s
+    return part.sum()
+
+
 def run():
     rng = np.random.default_rng(0)
     out = []
@@ -118,10 +143,19 @@ def run():
                 got = sess.run(None, feeds)
                 np.testing.assert_allclose(got[0], cell.step(x, st)[0], rtol=1e-4, atol=1e-5)
                 f[name] = lambda sess=sess, feeds=feeds: sess.run(None, feeds)
-        t = best_times(f, 0.1, 7)
-        r = {"H": H, "us": {k: v * 1e6 for k, v in t.items()}}
+        Wx, Wh = cell.params["Wx"], cell.params["Wh"]
+        # the tasks the step itself splits its products into (at least one per thread)
+        nt = max(cell._split_tasks(Wx, Wh), numba.get_num_threads())
+        f["read_weights"] = lambda Wx=Wx, Wh=Wh, nt=nt: read_weights(Wx, Wh, nt)
+        f["read_weights_1thread"] = lambda Wx=Wx, Wh=Wh: read_weights(Wx, Wh, 1)
+        # ONNX Runtime's default threads spin for tens of milliseconds after a run: timed right
+        # after it, lnnumba's step took 1.3-2x as long (2 cores); each peer's calls start after
+        # a pause, as they would in a server that runs only that peer
+        t = best_times(f, 0.1, 7, settle=SETTLE_S)
+        r = {"H": H, "weights_MB": (Wx.nbytes + Wh.nbytes) / 2**20, "tasks": nt}
+        r["us"] = {k: v * 1e6 for k, v in t.items()}
         for k in t:
-            if k != "lnnumba":
+            if k != "lnnumba" and not k.startswith("read_weights"):
                 r[f"vs_{k}"] = t[k] / t["lnnumba"]
         out.append(r)
     # many independent streams: one batched step against 64 single steps
@@ -163,6 +197,12 @@ def describe(r):
     ):
         if k in us:
             line += f", {name} {us[k]:.1f} us ({r['vs_' + k]:.2f}x)"
+    if "read_weights" in us:
+        line += (
+            f"; reading its {r['weights_MB']:.0f} MB of weights alone {us['read_weights']:.1f} us"
+            f" (split as its products, {r['tasks']} tasks), on one thread"
+            f" {us['read_weights_1thread']:.1f} us"
+        )
     return line
 
 

@@ -156,7 +156,8 @@ def _sum_parts(y, part, m, I, K, nt):
 def matvec_pair(xw, hw, x, h, Wx, Wh, nt):
     """xw = x @ Wx and hw = h @ Wh for one row, the rows of [Wx; Wh] split into ``nt``
     contiguous blocks, one task each: with a task per core, each core streams its share of the
-    weights, which stays in its own L2 cache from call to call (a recurrent step at batch one).
+    weights, which stays in its own caches from call to call (a recurrent step at batch one; in
+    L2 where the share fits).
 
     xw, hw: (G,) out; x: (I,); h: (H,); Wx: (I, G), Wh: (H, G) C-contiguous; nt: tasks, 1 to
     I + H.

@@ -50,10 +50,11 @@ _one_scratch = threading.local()
 # Weights (Wx and Wh together, bytes) from which a batch-of-one ``step`` splits its two
 # matrix-vector products over the cores (``matvec_pair``) instead of calling BLAS. Measured side
 # by side on 2 cores, float32 unless said: 2.5-4x faster than BLAS at LSTM I=H=256 (2 MB; each
-# core streams its share from its own L2 cache), 1.4x at I=H=128; 1.15-1.3x from memory, with two
-# tasks per thread (``STEP_TWO_TASKS_MIN_SHARE``): I=H=512 (8 MB) 1.15x, I=H=1024 (32 MB)
-# 1.2-1.3x, I=H=1536 (72 MB) 1.2x, float64 I=H=1024 (64 MB) 1.3x; no faster at I=H=64
-# (128 KB), where the parallel launch costs as much as it saves.
+# core streams its share from its own caches: L2 where the share fits, else L3), 1.4x at
+# I=H=128; 1.15-1.3x from memory, with two tasks per thread (``STEP_TWO_TASKS_MIN_SHARE``):
+# I=H=512 (8 MB) 1.15x, I=H=1024 (32 MB) 1.2-1.3x, I=H=1536 (72 MB) 1.2x, float64 I=H=1024
+# (64 MB) 1.3x; no faster at I=H=64 (128 KB), where the parallel launch costs as much as it
+# saves.
 STEP_SPLIT_MIN_BYTES = 256 << 10
 # The split gives each task at least this many bytes of weights (at most one task per thread):
 # below it a task's share costs less than starting it.
