@@ -53,11 +53,13 @@ POOL_MIN_BYTES = 64 << 10
 POOL_MAX_BYTES = 16 << 20
 # Alignment of a pooled array's data (a cache line, and an AVX-512 vector).
 _ALIGN = 64
+# A page: the block within which ``empty`` places an array when asked for (``align``).
+PAGE = 4096
 
-# (shape, dtype), or (shape, dtype, offset) for arrays at an offset (see ``empty``) -> the pool's
-# buffers for such arrays, each an entry [buf, template, last use, nbytes]: buf a uint8 array
-# of nbytes + _ALIGN bytes, template the (shape, dtype) view of its part at the offset, of which
-# ``empty`` returns views.
+# (shape, dtype), or (shape, dtype, offset, align) for arrays placed otherwise (see ``empty``) ->
+# the pool's buffers for such arrays, each an entry [buf, template, last use, nbytes]: buf a
+# uint8 array of nbytes + align bytes, template the (shape, dtype) view of its part at the
+# offset, of which ``empty`` returns views.
 _pool = {}
 # (shape, dtype) -> bytes, for the last _SIZES_MAX or so asked for: a small array then comes
 # from np.empty without its size worked out again (0.3-0.5 us, twice np.empty's own cost).
@@ -112,15 +114,16 @@ if hasattr(os, "register_at_fork"):  # POSIX
     os.register_at_fork(after_in_child=_new_lock)
 
 
-def empty(shape, dtype, offset=0):
+def empty(shape, dtype, offset=0, align=_ALIGN):
     """``np.empty(shape, dtype)`` (C order), from the pool when it takes ``POOL_MIN_BYTES`` or
-    more, its data then ``offset`` bytes past an ``_ALIGN``-byte boundary. shape: tuple of ints;
-    dtype: a NumPy dtype; offset: a multiple of the dtype's itemsize below ``_ALIGN``."""
+    more, its data then ``offset`` bytes past an ``align``-byte boundary. shape: tuple of ints;
+    dtype: a NumPy dtype; align: 64 (a cache line) or ``PAGE``; offset: a multiple of the
+    dtype's itemsize below ``align``."""
     key = (shape, dtype)
     nbytes = _sizes.get(key)
     if nbytes is not None and nbytes < POOL_MIN_BYTES:
         return np.empty(shape, dtype)
-    pkey = (shape, dtype, offset) if offset else key
+    pkey = (shape, dtype, offset, align) if offset or align != _ALIGN else key
     es = _pool.get(pkey)
     if es is not None:
         # Claimed without the lock: a view is made first, and kept only if it is then the one
@@ -143,19 +146,19 @@ def empty(shape, dtype, offset=0):
     if nbytes < POOL_MIN_BYTES or _IDLE_REFS is None:
         return np.empty(shape, dtype)
     _make_room()
-    buf, template = _aligned_empty(shape, dtype, nbytes, offset)
+    buf, template = _aligned_empty(shape, dtype, nbytes, offset, align)
     a = template.view()
     with _lock:
         _pool.setdefault(pkey, []).append([buf, template, next(_ticks), nbytes])
     return a
 
 
-def _aligned_empty(shape, dtype, nbytes, offset=0):
-    """(buf, a): buf a uint8 array of nbytes + _ALIGN bytes, a the uninitialized (shape, dtype)
-    C-ordered view of its part that starts ``offset`` bytes past an _ALIGN-byte boundary (nbytes
-    its size; 0 <= offset < _ALIGN)."""
-    buf = np.empty(nbytes + _ALIGN, np.uint8)
-    k = (offset - buf.ctypes.data) % _ALIGN
+def _aligned_empty(shape, dtype, nbytes, offset=0, align=_ALIGN):
+    """(buf, a): buf a uint8 array of nbytes + align bytes, a the uninitialized (shape, dtype)
+    C-ordered view of its part that starts ``offset`` bytes past an align-byte boundary (nbytes
+    its size; 0 <= offset < align)."""
+    buf = np.empty(nbytes + align, np.uint8)
+    k = (offset - buf.ctypes.data) % align
     return buf, buf[k : k + nbytes].view(dtype).reshape(shape)
 
 

@@ -25,13 +25,14 @@ _DIRECT_MAX_BYTES = _cpu.FORWARD_BLOCK_MIN_BYTES
 def _empty_like_rows(x, dy=None):
     """An uninitialized array of x's shape and dtype (C order) for the outputs: from
     ``_memory``'s pool from ``_memory.POOL_MIN_BYTES`` up, else ``np.empty`` (at batch one the
-    pool's call would cost a third of the call). With dy (the rows' gradient, x's shape and
-    dtype), a backward pass's dx: a pooled one is placed within a cache line where the backward
-    pass wants it (``_cpu.backward_out_offset``)."""
+    pool's call would cost a third of the call). A pooled one is placed within a cache line
+    where the pass that writes it wants it: without dy, a forward pass's y
+    (``_cpu.forward_out_place``); with dy (the rows' gradient, x's shape and dtype), a
+    backward pass's dx (``_cpu.backward_out_offset``)."""
     if x.nbytes < _memory.POOL_MIN_BYTES:
         return np.empty(x.shape, x.dtype)
     if dy is None:
-        return _memory.empty(x.shape, x.dtype)
+        return _memory.empty(x.shape, x.dtype, *_cpu.forward_out_place(x))
     return _memory.empty(x.shape, x.dtype, _cpu.backward_out_offset(dy, x))
 
 
@@ -95,7 +96,7 @@ def layer_norm(x, weight=None, bias=None, *, eps=1e-5, axis=-1, out=None):
     x2, w, b, shape, axis, cdt, rdt = _args.prepare(fn, x, weight, bias, axis)
     eps = _args.check_eps(fn, eps)
     if out is None:  # the batch-1 fast path: no further calls
-        y2 = _memory.empty(x2.shape, cdt)
+        y2 = _memory.empty(x2.shape, cdt, *_cpu.forward_out_place(x2))
         _cpu.forward_unaliased(y2, None, None, x2, w, b, eps, True)
         return y2 if x2 is x else _shaped(y2, shape, rdt)
     return _forward_into(fn, out, x, x2, w, b, eps, True, shape, cdt, rdt)
@@ -118,7 +119,7 @@ def layer_norm_forward(x, weight=None, bias=None, *, eps=1e-5, axis=-1):
     x2, w, b, shape, axis, cdt, rdt = _args.prepare(fn, x, weight, bias, axis)
     eps = _args.check_eps(fn, eps)
     M = x2.shape[0]
-    y2 = _memory.empty(x2.shape, cdt)
+    y2 = _memory.empty(x2.shape, cdt, *_cpu.forward_out_place(x2))
     mean = np.empty(M, cdt)
     rstd = np.empty(M, cdt)
     _cpu.forward_unaliased(y2, mean, rstd, x2, w, b, eps, True)
@@ -188,7 +189,7 @@ def rms_norm(x, weight=None, *, eps=1e-6, axis=-1, out=None):
     x2, w, _, shape, axis, cdt, rdt = _args.prepare(fn, x, weight, None, axis)
     eps = _args.check_eps(fn, eps)
     if out is None:
-        y2 = _memory.empty(x2.shape, cdt)
+        y2 = _memory.empty(x2.shape, cdt, *_cpu.forward_out_place(x2))
         _cpu.forward_unaliased(y2, None, None, x2, w, None, eps, False)
         return y2 if x2 is x else _shaped(y2, shape, rdt)
     return _forward_into(fn, out, x, x2, w, None, eps, False, shape, cdt, rdt)
@@ -207,7 +208,7 @@ def rms_norm_forward(x, weight=None, *, eps=1e-6, axis=-1):
         return _gpu().forward(fn, x, weight, None, eps, axis, None, False, True)
     x2, w, _, shape, axis, cdt, rdt = _args.prepare(fn, x, weight, None, axis)
     eps = _args.check_eps(fn, eps)
-    y2 = _memory.empty(x2.shape, cdt)
+    y2 = _memory.empty(x2.shape, cdt, *_cpu.forward_out_place(x2))
     rstd = np.empty(x2.shape[0], cdt)
     _cpu.forward_unaliased(y2, None, rstd, x2, w, None, eps, False)
     return _shaped(y2, shape, rdt), rstd.reshape(_args.stats_shape(shape, axis))

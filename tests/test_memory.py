@@ -91,6 +91,22 @@ def test_pooled_arrays_at_an_offset_within_a_line(pool, dtype):
     assert not np.shares_memory(d, b) and not np.shares_memory(d, c)
 
 
+def test_pooled_arrays_at_an_offset_within_a_page(pool):
+    # placed within a 4 KB page (align=PAGE): buffers of their own, reused at that place only
+    shape = (1024, 3)
+    a = pool.empty(shape, np.float32, 1040, P.PAGE)
+    assert a.ctypes.data % P.PAGE == 1040 and a.shape == shape and not a.flags.owndata
+    pa = a.ctypes.data
+    del a
+    b = pool.empty(shape, np.float32, 16)  # 16 past a line: other memory, though a's is free
+    c = pool.empty(shape, np.float32, 16, P.PAGE)  # and 16 past a page too
+    assert b.ctypes.data % 64 == 16 and c.ctypes.data % P.PAGE == 16
+    assert pa not in (b.ctypes.data, c.ctypes.data)
+    d = pool.empty(shape, np.float32, 1040, P.PAGE)  # a's memory comes back
+    assert d.ctypes.data == pa
+    assert not np.shares_memory(d, b) and not np.shares_memory(d, c)
+
+
 def test_memory_kept_is_bounded_and_released(pool, monkeypatch):
     """Before the pool allocates a buffer, it drops free ones, used longest ago first, until
     they total at most POOL_MAX_BYTES; buffers in use are never dropped."""

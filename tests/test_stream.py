@@ -160,6 +160,50 @@ def test_public_calls_stream_large_outputs(rng, monkeypatch):
     assert not K._streams(x, 0)  # rows too long to stay in L2 between the two reads
 
 
+def at_page_offset(shape, dtype, offset):
+    """An uninitialized C-contiguous array starting ``offset`` bytes past a 4 KB page boundary."""
+    nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    buf = np.empty(nbytes + 4096, np.uint8)
+    k = (offset - buf.ctypes.data) % 4096
+    return buf[k : k + nbytes].view(dtype).reshape(shape)
+
+
+@pytest.mark.parametrize("page_offset", [16, 1040, 3520])
+def test_new_outputs_start_where_the_passes_write_them_fastest(rng, monkeypatch, page_offset):
+    # a streamed forward's new output starts at x's place within a 4 KB page (see
+    # ``forward_out_place``), a streamed backward's new dx at x's place within a line; without
+    # streaming, on a line boundary; the results are those of the reference wherever they are
+    x = at_page_offset((256, 320), np.float32, page_offset)  # 320 KB: pooled
+    x[...] = make(rng, x.shape, np.float32)
+    dy = at_page_offset(x.shape, np.float32, page_offset)
+    dy[...] = make(rng, x.shape, np.float32)
+    w, b = make(rng, 320, np.float32), make(rng, 320, np.float32)
+    yr, mr, rr = R.layer_norm_forward(x, w, b)
+    dxr = R.layer_norm_backward(dy, x, mr, rr, w)[0]
+
+    def outputs():
+        _, mean, rstd = L.layer_norm_forward(x, w, b)
+        return [
+            L.layer_norm(x, w, b),
+            L.layer_norm_forward(x, w, b)[0],
+            L.rms_norm(x, w),
+            L.rms_norm_forward(x, w)[0],
+        ], L.layer_norm_backward(dy, x, mean, rstd, w)[0]
+
+    ys, dx = outputs()
+    assert all(y.ctypes.data % LINE_BYTES == 0 for y in ys)
+    assert K.forward_out_place(x) == (0, LINE_BYTES)
+    monkeypatch.setattr(K, "STREAM_MIN_BYTES", x.nbytes)
+    monkeypatch.setattr(K, "BACKWARD_STREAM_MIN_BYTES", x.nbytes)
+    assert K.forward_out_place(x) == (page_offset, 4096)
+    ys, dx = outputs()
+    assert all((y.ctypes.data - x.ctypes.data) % 4096 == 0 for y in ys)
+    assert (dx.ctypes.data - x.ctypes.data) % LINE_BYTES == 0
+    for y in ys[:2]:
+        assert rel_err(y, yr) < 1e-5
+    assert dx_err(dx, dxr, rr, dy, w) < 1e-4
+
+
 def test_streamed_outputs_from_many_threads(rng, monkeypatch):
     # every thread's streamed output is complete when its call returns
     monkeypatch.setattr(K, "STREAM_MIN_BYTES", 0)
