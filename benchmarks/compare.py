@@ -8,6 +8,12 @@ arrays no longer fit in the last-level cache but two do, 1.5 copies is faster th
 can be. Copy and triad are each timed twice, with ordinary and with non-temporal stores
 (``lnnumba.cpu.stream``, which lnnumba uses for large outputs), and the faster counts.
 
+The arrays start where NumPy's large arrays start in a fresh process, 16 bytes past a 4 KB page
+(``placed``), whatever the allocator's state after the shapes before: how far apart within a
+page an output and its input start changes the forward's time and the plain copy's (see
+``lnnumba.cpu.norm.forward_out_place``), and glibc's placement of a large array depends on what
+the process has freed before. The forward into an output 48 bytes further on is timed too.
+
     python benchmarks/compare.py [--quick] [--json results.json]
 
 Prints a table; ``--json`` also writes the figures. Ratios (``speedup`` = peer time / lnnumba
@@ -189,20 +195,31 @@ def best_times(funcs, min_time=0.04, repeat=7, settle=0.0):
     return {k: min(v) for k, v in rounds.items()}
 
 
+def placed(shape, dtype, offset=16):
+    """An uninitialized C-ordered array whose data starts ``offset`` bytes past a 4 KB page
+    boundary: by default where NumPy's large arrays start in a fresh process (glibc maps them
+    anew, 16 bytes of its header past a page)."""
+    nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    buf = np.empty(nbytes + 4096, np.uint8)
+    k = (offset - buf.ctypes.data) % 4096
+    return buf[k : k + nbytes].view(dtype).reshape(shape)
+
+
 def bench_shape(M, N, dtype, rows, quick):
     rng = np.random.default_rng(0)
-    x = rng.standard_normal((M, N)).astype(dtype)
-    dy = rng.standard_normal((M, N)).astype(dtype)
+    x, dy, y, z, dx = (placed((M, N), dtype) for _ in range(5))
+    x[...] = rng.standard_normal((M, N))
+    dy[...] = rng.standard_normal((M, N))
     w = (1 + 0.1 * rng.standard_normal(N)).astype(dtype)
     b = (0.1 * rng.standard_normal(N)).astype(dtype)
-    y = np.empty_like(x)
-    z = x.copy()  # normalized in place, again and again (it stays normalized)
-    dx = np.empty_like(x)
+    z[...] = x  # normalized in place, again and again (it stays normalized)
+    y48 = placed((M, N), dtype, 16 + 48)  # an output 48 bytes past x's place within a page
     nt = numba.get_num_threads()
     _, mean, rstd = lnnumba.layer_norm_forward(x, w, b)
     _, rrstd = lnnumba.rms_norm_forward(x, w)
     f = {
         "ln_fwd": lambda: lnnumba.layer_norm(x, w, b, out=y),
+        "ln_fwd_y48": lambda: lnnumba.layer_norm(x, w, b, out=y48),
         "ln_fwd_alloc": lambda: lnnumba.layer_norm(x, w, b),
         "ln_fwd_inplace": lambda: lnnumba.layer_norm(z, w, b, out=z),
         "ln_bwd": lambda: lnnumba.layer_norm_backward(dy, x, mean, rstd, w),
@@ -257,6 +274,7 @@ def bench_shape(M, N, dtype, rows, quick):
         "rms_bwd_vs_ln": t["ln_bwd"] / t["rms_bwd"],
         "fwd_vs_numpy": t["numpy_fwd"] / t["ln_fwd_alloc"],
         "in_place_vs_out": t["ln_fwd"] / t["ln_fwd_inplace"],
+        "y48_vs_y": t["ln_fwd_y48"] / t["ln_fwd"],
     }
     if torch is not None:
         r["fwd_vs_torch"] = t["torch_fwd"] / t["ln_fwd_alloc"]

@@ -25,12 +25,14 @@ OUT = HERE.parent / "BENCHMARKS.md"
 
 def copy_probe_us():
     """The machine's state: the fastest of several parallel copies of a 4096x1024 float32 array
-    (compare.py's roofline at that shape), in us."""
+    (compare.py's roofline at that shape), in us. Its arrays are placed as compare.py's are: at
+    16 bytes past a page and 16 bytes apart within one, where glibc put them once the process
+    had freed large arrays, the copy took 4-6x as long."""
     import numpy as np
-    from compare import best_times, copy_parallel
+    from compare import best_times, copy_parallel, placed
 
-    x = np.ones((4096, 1024), np.float32)
-    y = np.empty_like(x)
+    x, y = placed((4096, 1024), np.float32), placed((4096, 1024), np.float32)
+    x[...] = 1.0
     return best_times({"copy": lambda: copy_parallel(y, x)}, 0.04, 7)["copy"] * 1e6
 
 
@@ -92,6 +94,12 @@ def _stream_gains(rows):
         for r in rows
         if "copy_stream" in r["times_us"] and not r["shape"].startswith("1x")
     )
+
+
+def _y48(r):
+    """The forward's time into an output 48 bytes past x's place within a page, against x's
+    place, from a table row ("n/a" in records from before it was timed)."""
+    return f"{r['y48_vs_y']:.2f}x" if "y48_vs_y" in r else "n/a"
 
 
 def _serving_floor_text(r):
@@ -232,9 +240,16 @@ more are written with non-temporal stores (`lnnumba.cpu.stream`): a cache line a
 vector registers, one row at a time while the rows ahead are prefetched, so that the memory
 system reads and writes at once; at 8192x4096 float32 that made the forward 1.5x and the
 backward 1.3x faster than ordinary stores, and it is why a streaming copy, not a plain one, is
-the roofline there. A streamed backward's new dx starts at x's place within a cache line (16
-bytes past one for NumPy's large arrays), so that its lines and those of x and dy align alike:
-1.4-1.7x at 4096x1024 float32 against dx on a line boundary. Outputs allocated per call (the
+the roofline there. A streamed forward's new y starts at x's place within a 4 KB page, where
+its line stores do not overlap, in the low 12 address bits, the next line of x to be loaded:
+1.2-1.4x at 4096x1024 float32 against y on a line boundary, 48 bytes past x's place. The tables'
+arrays all start 16 bytes past a page, as NumPy's large arrays do in a fresh process; into an
+`out=` 48 bytes further on, the forward took {_y48(r4)} as long at 4096x1024 float32 in this run
+and {_y48(r8)} at 8192x4096 (an output of the caller's own, placed by whatever the process's
+allocator did before). A streamed
+backward's new dx starts at x's place within a cache line (16 bytes past one for NumPy's large
+arrays), so that its lines and those of x and dy align alike: 1.4-1.7x at 4096x1024 float32
+against dx on a line boundary. Outputs allocated per call (the
 `ln fwd µs` and `ln bwd µs` columns include them) of 1 MB and up come from lnnumba's pool of
 reused memory (`lnnumba._memory`), not from fresh pages, which the OS zeroes on first touch
 (glibc maps allocations of 32 MB and up anew each time, and smaller ones whenever its heap has
