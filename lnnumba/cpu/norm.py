@@ -1329,9 +1329,10 @@ def forward_out_place(x):
     y does, NumPy's large arrays starting 16 bytes past a line), or 64, each streamed line of y
     overlaps in those bits the next line of x to be loaded, and the load waits for the store.
     Measured side by side on 2 cores (AMD EPYC, Zen 3), float32, the forward into y at x's place
-    within a page against 48 bytes past it: 4096x1024 1.2-1.4x (RMSNorm 1.45x), 8192x4096
-    1.1-1.2x, 4096x1024 float64 1.1x; 64 past it 1.25x slower, 128 past it alike. The passes
-    with ordinary stores (2048x1024, 8192x256, 256x1024) ran alike wherever y was."""
+    within a page against 48 bytes past it: 4096x1024 1.2-1.4x (RMSNorm 1.45x), 4096x1024
+    float64 1.1x, 8192x4096 0.9-1.2x (alike within the noise); 64 past it 1.25x slower, 128
+    past it alike. The passes with ordinary stores (2048x1024, 8192x256, 256x1024) ran alike
+    wherever y was."""
     if not _streams(x, STREAM_MIN_BYTES):
         return 0, LINE_BYTES
     return x.ctypes.data % PAGE, PAGE
