@@ -28,12 +28,12 @@ def _empty_like_rows(x, dy=None):
     pool's call would cost a third of the call). A pooled one is placed within a cache line
     where the pass that writes it wants it: without dy, a forward pass's y
     (``_cpu.forward_out_place``); with dy (the rows' gradient, x's shape and dtype), a
-    backward pass's dx (``_cpu.backward_out_offset``)."""
+    backward pass's dx (``_cpu.backward_out_place``)."""
     if x.nbytes < _memory.POOL_MIN_BYTES:
         return np.empty(x.shape, x.dtype)
     if dy is None:
         return _memory.empty(x.shape, x.dtype, *_cpu.forward_out_place(x))
-    return _memory.empty(x.shape, x.dtype, _cpu.backward_out_offset(dy, x))
+    return _memory.empty(x.shape, x.dtype, *_cpu.backward_out_place(dy, x))
 
 
 _GPU = None

@@ -170,9 +170,9 @@ def at_page_offset(shape, dtype, offset):
 
 @pytest.mark.parametrize("page_offset", [16, 1040, 3520])
 def test_new_outputs_start_where_the_passes_write_them_fastest(rng, monkeypatch, page_offset):
-    # a streamed forward's new output starts at x's place within a 4 KB page (see
-    # ``forward_out_place``), a streamed backward's new dx at x's place within a line; without
-    # streaming, on a line boundary; the results are those of the reference wherever they are
+    # a streamed pass's new output starts at x's place within a 4 KB page (see
+    # ``forward_out_place``, ``backward_out_place``); without streaming, on a line boundary;
+    # the results are those of the reference wherever they are
     x = at_page_offset((256, 320), np.float32, page_offset)  # 320 KB: pooled
     x[...] = make(rng, x.shape, np.float32)
     dy = at_page_offset(x.shape, np.float32, page_offset)
@@ -191,14 +191,16 @@ def test_new_outputs_start_where_the_passes_write_them_fastest(rng, monkeypatch,
         ], L.layer_norm_backward(dy, x, mean, rstd, w)[0]
 
     ys, dx = outputs()
-    assert all(y.ctypes.data % LINE_BYTES == 0 for y in ys)
-    assert K.forward_out_place(x) == (0, LINE_BYTES)
+    assert all(a.ctypes.data % LINE_BYTES == 0 for a in [*ys, dx])
+    assert K.forward_out_place(x) == K.backward_out_place(dy, x) == (0, LINE_BYTES)
     monkeypatch.setattr(K, "STREAM_MIN_BYTES", x.nbytes)
     monkeypatch.setattr(K, "BACKWARD_STREAM_MIN_BYTES", x.nbytes)
-    assert K.forward_out_place(x) == (page_offset, 4096)
+    assert K.forward_out_place(x) == K.backward_out_place(dy, x) == (page_offset, 4096)
+    other = at_page_offset(x.shape, np.float32, (page_offset + 16) % 4096)
+    assert K.backward_out_place(other, x) == (0, LINE_BYTES)  # dy elsewhere within a line
     ys, dx = outputs()
     assert all((y.ctypes.data - x.ctypes.data) % 4096 == 0 for y in ys)
-    assert (dx.ctypes.data - x.ctypes.data) % LINE_BYTES == 0
+    assert (dx.ctypes.data - x.ctypes.data) % 4096 == 0
     for y in ys[:2]:
         assert rel_err(y, yr) < 1e-5
     assert dx_err(dx, dxr, rr, dy, w) < 1e-4
