@@ -240,10 +240,12 @@ more are written with non-temporal stores (`lnnumba.cpu.stream`): a cache line a
 vector registers, one row at a time while the rows ahead are prefetched, so that the memory
 system reads and writes at once; at 8192x4096 float32 that made the forward 1.5x and the
 backward 1.3x faster than ordinary stores, and it is why a streaming copy, not a plain one, is
-the roofline there. A streamed forward's new y starts at x's place within a 4 KB page, where
-its line stores do not overlap, in the low 12 address bits, the next line of x to be loaded:
-1.2-1.4x at 4096x1024 float32 against y on a line boundary, 48 bytes past x's place. The tables'
-arrays all start 16 bytes past a page, as NumPy's large arrays do in a fresh process; into an
+the roofline there. The streamed forward loads each line of x before it stores the line of y
+before it, and its new y starts at x's place within a 4 KB page: a line of y 16 or 48 bytes
+past x's place overlaps, in the low 12 address bits a core compares first, the next line of x,
+whose load issued after the store would wait for it (1.2-1.4x at 4096x1024 float32 before
+either). The tables' arrays all start 16 bytes past a page, as NumPy's large arrays do in a
+fresh process; into an
 `out=` 48 bytes further on, the forward took {_y48(r4)} as long at 4096x1024 float32 in this run
 and {_y48(r8)} at 8192x4096 (an output of the caller's own, placed by whatever the process's
 allocator did before). A streamed

@@ -45,8 +45,8 @@ from .stream import (
     lines_backward,
     prefetch_l1,
     store_fence,
-    store_line_normalized,
     store_lines_backward,
+    store_lines_normalized,
     store_seam_backward,
     store_seam_normalized,
 )
@@ -278,7 +278,7 @@ def row_forward(y, x, w, b, x0, cr, r):
 
     y: (N,) out, dtype of x; x: (N,); w, b: (N,) or None; x0, cr, r: scalars in x's dtype, with
     x0, c, r as ``row_stats`` returns them and cr = c * r. The arithmetic of every forward path
-    (``store_line_normalized`` and ``line_normalized`` too): an exact difference x - x0
+    (``store_lines_normalized`` and ``store_seam_normalized`` too): an exact difference x - x0
     (compiled without reassociation, which could regroup it), then one fused multiply-add,
     (x - x0) * r - cr, rounded once, where ((x - x0) - c) * r rounded twice and took one
     operation more.
@@ -674,7 +674,7 @@ def _row_lines(yf, n):
 @njit(inline="always", **_jit)
 def row_forward_range(y, x, w, b, x0, cr, r, j0, j1):
     """Columns j0..j1-1 of one row's output (``row_forward`` on those columns, see ``_cols``),
-    as ``store_line_normalized`` computes it but with ordinary stores. y: (N,) out; x: (N,);
+    as ``store_lines_normalized`` computes it but with ordinary stores. y: (N,) out; x: (N,);
     w, b: (N,) or None; x0, cr, r: scalars in x's dtype."""
     row_forward(y[j0:j1], x[j0:j1], _cols(w, j0, j1), _cols(b, j0, j1), x0, cr, r)
 
@@ -721,10 +721,11 @@ def _forward_rows_stream(y, mean, rstd, x, w, b, eps, center, lo, hi):
     returns the first row not done.
 
     Rows go one at a time: the row's statistics (``row_stats_one_pass``), then its output a
-    cache line at a time, computed in vector registers and streamed (``store_line_normalized``),
-    while x ``STREAM_PREFETCH_BYTES`` ahead (at least the next row) is prefetched into L1 line by
-    line: the memory system reads ahead while this row is written, and the statistics pass finds
-    its row in the cache.
+    cache line at a time, computed in vector registers and streamed, each line of x loaded
+    before the line before it is stored (``store_lines_normalized``), while x
+    ``STREAM_PREFETCH_BYTES`` ahead (at least the next row) is prefetched into L1 line by line:
+    the memory system reads ahead while this row is written, and the statistics pass finds its
+    row in the cache.
 
     Shapes as ``_forward_rows``. The rows must all start at the same place within a cache line
     (N * itemsize a multiple of ``LINE_BYTES``, y aligned to its dtype), else no row is done
@@ -755,11 +756,9 @@ def _forward_rows_stream(y, mean, rstd, x, w, b, eps, center, lo, hi):
     rs, crs = t(r), t(c * r)
     row_forward_range(y[lo], x[lo], w, b, x0, crs, rs, 0, h)
     for i in range(lo, hi):
-        for j in range(h, e, L):
-            k = i * N + j
-            store_line_normalized(yf, k, xf, k, w, b, j, x0, rs, crs)
-            if k + ahead < end:
-                prefetch_l1(xf, k + ahead)
+        if e > h:
+            store_lines_normalized(yf, xf, w, b, i * N + h, h, (e - h) // L, x0, rs, crs, ahead,
+                                   end)  # fmt: skip
         if i + 1 == hi:
             row_forward_range(y[i], x[i], w, b, x0, crs, rs, e, N)
             break
@@ -1327,12 +1326,17 @@ def forward_out_place(x):
     A core's store-to-load check compares addresses first by their low 12 bits, which a page
     offset fixes. Where y starts 16 or 48 bytes past x's place within a line (as a line-aligned
     y does, NumPy's large arrays starting 16 bytes past a line), or 64, each streamed line of y
-    overlaps in those bits the next line of x to be loaded, and the load waits for the store.
-    Measured side by side on 2 cores (AMD EPYC, Zen 3), float32, the forward into y at x's place
-    within a page against 48 bytes past it: 4096x1024 1.2-1.4x (RMSNorm 1.45x), 4096x1024
-    float64 1.1x, 8192x4096 0.9-1.2x (alike within the noise); 64 past it 1.25x slower, 128
-    past it alike. The passes with ordinary stores (2048x1024, 8192x256, 256x1024) ran alike
-    wherever y was."""
+    overlaps in those bits the next line of x, and a load of it issued after the store waits
+    for the store. Measured side by side on 2 cores (AMD EPYC, Zen 3), float32, while each line
+    of x was loaded after the store of the line before, the forward into y at x's place within a
+    page against 48 bytes past it: 4096x1024 1.2-1.4x (RMSNorm 1.45x), 4096x1024 float64 1.1x,
+    8192x4096 0.9-1.2x (alike within the noise); 64 past it 1.25x slower, 128 past it alike.
+    Since each line of x is loaded before the line before it is stored
+    (``store_lines_normalized``) the place measures alike (0.93-1.05x at 4096x1024); it still
+    keeps y's stores clear of the lines of x loaded after them, wherever the pool's buffer
+    falls. The passes with ordinary stores (2048x1024, 8192x256, 256x1024) ran alike wherever
+    y was.
+    """
     if not _streams(x, STREAM_MIN_BYTES):
         return 0, LINE_BYTES
     return x.ctypes.data % PAGE, PAGE
