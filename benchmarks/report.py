@@ -73,7 +73,10 @@ def _check(value, target, higher=True, fmt="{:.2f}"):
     if value is None:
         return "n/a", "not measured"
     ok = value >= target if higher else value <= target
-    return fmt.format(value), "yes" if ok else "**no**"
+    shown = fmt.format(value)
+    if not ok and shown == fmt.format(target):  # a miss that rounds to the target: one more digit
+        shown = f"{value:.3f}" if fmt == "{:.2f}" else shown
+    return shown, "yes" if ok else "**no**"
 
 
 def _probe(info):
