@@ -25,8 +25,8 @@ _DIRECT_MAX_BYTES = _cpu.FORWARD_BLOCK_MIN_BYTES
 def _empty_like_rows(x, dy=None):
     """An uninitialized array of x's shape and dtype (C order) for the outputs: from
     ``_memory``'s pool from ``_memory.POOL_MIN_BYTES`` up, else ``np.empty`` (at batch one the
-    pool's call would cost a third of the call). A pooled one is placed within a cache line
-    where the pass that writes it wants it: without dy, a forward pass's y
+    pool's call would cost a third of the call). A pooled one is placed, within a cache line or
+    a page, where the pass that writes it wants it: without dy, a forward pass's y
     (``_cpu.forward_out_place``); with dy (the rows' gradient, x's shape and dtype), a
     backward pass's dx (``_cpu.backward_out_place``)."""
     if x.nbytes < _memory.POOL_MIN_BYTES:
