@@ -33,6 +33,7 @@ from numba import njit, prange, types
 from numba.core.extending import intrinsic
 
 import lnnumba
+from lnnumba._memory import PAGE, empty_at
 from lnnumba.cpu import stream
 from lnnumba.cpu.stream import store_fence, stream_copy
 
@@ -199,10 +200,7 @@ def placed(shape, dtype, offset=16):
     """An uninitialized C-ordered array whose data starts ``offset`` bytes past a 4 KB page
     boundary: by default where NumPy's large arrays start in a fresh process (glibc maps them
     anew, 16 bytes of its header past a page)."""
-    nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
-    buf = np.empty(nbytes + 4096, np.uint8)
-    k = (offset - buf.ctypes.data) % 4096
-    return buf[k : k + nbytes].view(dtype).reshape(shape)
+    return empty_at(shape, dtype, offset, PAGE)
 
 
 def bench_shape(M, N, dtype, rows, quick):

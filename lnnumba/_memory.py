@@ -162,12 +162,20 @@ def _aligned_empty(shape, dtype, nbytes, offset=0, align=_ALIGN):
     return buf, buf[k : k + nbytes].view(dtype).reshape(shape)
 
 
+def empty_at(shape, dtype, offset=0, align=_ALIGN):
+    """An uninitialized C-ordered (shape, dtype) array, not from the pool, whose data starts
+    ``offset`` bytes past an ``align``-byte boundary (0 <= offset < align; a multiple of the
+    dtype's itemsize). It does not own its memory (its ``base`` is a byte buffer)."""
+    dtype = np.dtype(dtype)
+    return _aligned_empty(shape, dtype, math.prod(shape) * dtype.itemsize, offset, align)[1]
+
+
 def aligned(a):
     """A C-ordered copy of array ``a`` whose data starts on a 64-byte boundary (a cache line and
     an AVX-512 vector; NumPy's own arrays start wherever malloc puts them, 16 bytes past a line
     as often as not). The copy does not own its memory (its ``base`` is a byte buffer)."""
     a = np.asarray(a)
-    out = _aligned_empty(a.shape, a.dtype, a.nbytes)[1]
+    out = empty_at(a.shape, a.dtype)
     out[...] = a
     return out
 

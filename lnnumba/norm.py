@@ -96,7 +96,7 @@ def layer_norm(x, weight=None, bias=None, *, eps=1e-5, axis=-1, out=None):
     x2, w, b, shape, axis, cdt, rdt = _args.prepare(fn, x, weight, bias, axis)
     eps = _args.check_eps(fn, eps)
     if out is None:  # the batch-1 fast path: no further calls
-        y2 = _memory.empty(x2.shape, cdt, *_cpu.forward_out_place(x2))
+        y2 = _empty_like_rows(x2)
         _cpu.forward_unaliased(y2, None, None, x2, w, b, eps, True)
         return y2 if x2 is x else _shaped(y2, shape, rdt)
     return _forward_into(fn, out, x, x2, w, b, eps, True, shape, cdt, rdt)
@@ -119,7 +119,7 @@ def layer_norm_forward(x, weight=None, bias=None, *, eps=1e-5, axis=-1):
     x2, w, b, shape, axis, cdt, rdt = _args.prepare(fn, x, weight, bias, axis)
     eps = _args.check_eps(fn, eps)
     M = x2.shape[0]
-    y2 = _memory.empty(x2.shape, cdt, *_cpu.forward_out_place(x2))
+    y2 = _empty_like_rows(x2)
     mean = np.empty(M, cdt)
     rstd = np.empty(M, cdt)
     _cpu.forward_unaliased(y2, mean, rstd, x2, w, b, eps, True)
@@ -189,7 +189,7 @@ def rms_norm(x, weight=None, *, eps=1e-6, axis=-1, out=None):
     x2, w, _, shape, axis, cdt, rdt = _args.prepare(fn, x, weight, None, axis)
     eps = _args.check_eps(fn, eps)
     if out is None:
-        y2 = _memory.empty(x2.shape, cdt, *_cpu.forward_out_place(x2))
+        y2 = _empty_like_rows(x2)
         _cpu.forward_unaliased(y2, None, None, x2, w, None, eps, False)
         return y2 if x2 is x else _shaped(y2, shape, rdt)
     return _forward_into(fn, out, x, x2, w, None, eps, False, shape, cdt, rdt)
@@ -208,7 +208,7 @@ def rms_norm_forward(x, weight=None, *, eps=1e-6, axis=-1):
         return _gpu().forward(fn, x, weight, None, eps, axis, None, False, True)
     x2, w, _, shape, axis, cdt, rdt = _args.prepare(fn, x, weight, None, axis)
     eps = _args.check_eps(fn, eps)
-    y2 = _memory.empty(x2.shape, cdt, *_cpu.forward_out_place(x2))
+    y2 = _empty_like_rows(x2)
     rstd = np.empty(x2.shape[0], cdt)
     _cpu.forward_unaliased(y2, None, rstd, x2, w, None, eps, False)
     return _shaped(y2, shape, rdt), rstd.reshape(_args.stats_shape(shape, axis))

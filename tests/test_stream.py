@@ -9,6 +9,7 @@ from _helpers import dx_err, make, rel_err
 
 import lnnumba as L
 from lnnumba import reference as R
+from lnnumba._memory import PAGE, empty_at
 from lnnumba.cpu import norm as K
 from lnnumba.cpu.stream import LINE_BYTES, stream_copy
 
@@ -160,22 +161,14 @@ def test_public_calls_stream_large_outputs(rng, monkeypatch):
     assert not K._streams(x, 0)  # rows too long to stay in L2 between the two reads
 
 
-def at_page_offset(shape, dtype, offset):
-    """An uninitialized C-contiguous array starting ``offset`` bytes past a 4 KB page boundary."""
-    nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
-    buf = np.empty(nbytes + 4096, np.uint8)
-    k = (offset - buf.ctypes.data) % 4096
-    return buf[k : k + nbytes].view(dtype).reshape(shape)
-
-
 @pytest.mark.parametrize("page_offset", [16, 1040, 3520])
 def test_new_outputs_start_where_the_passes_write_them_fastest(rng, monkeypatch, page_offset):
     # a streamed pass's new output starts at x's place within a 4 KB page (see
     # ``forward_out_place``, ``backward_out_place``); without streaming, on a line boundary;
     # the results are those of the reference wherever they are
-    x = at_page_offset((256, 320), np.float32, page_offset)  # 320 KB: pooled
+    x = empty_at((256, 320), np.float32, page_offset, PAGE)  # 320 KB: pooled
     x[...] = make(rng, x.shape, np.float32)
-    dy = at_page_offset(x.shape, np.float32, page_offset)
+    dy = empty_at(x.shape, np.float32, page_offset, PAGE)
     dy[...] = make(rng, x.shape, np.float32)
     w, b = make(rng, 320, np.float32), make(rng, 320, np.float32)
     yr, mr, rr = R.layer_norm_forward(x, w, b)
@@ -196,7 +189,7 @@ def test_new_outputs_start_where_the_passes_write_them_fastest(rng, monkeypatch,
     monkeypatch.setattr(K, "STREAM_MIN_BYTES", x.nbytes)
     monkeypatch.setattr(K, "BACKWARD_STREAM_MIN_BYTES", x.nbytes)
     assert K.forward_out_place(x) == K.backward_out_place(dy, x) == (page_offset, 4096)
-    other = at_page_offset(x.shape, np.float32, (page_offset + 16) % 4096)
+    other = empty_at(x.shape, np.float32, (page_offset + 16) % PAGE, PAGE)
     assert K.backward_out_place(other, x) == (0, LINE_BYTES)  # dy elsewhere within a line
     ys, dx = outputs()
     assert all((y.ctypes.data - x.ctypes.data) % 4096 == 0 for y in ys)

@@ -149,6 +149,15 @@ def _prefetch(builder, p):
     builder.call(fn, [builder.bitcast(p, i8p), i32(0), i32(3), i32(1)])
 
 
+def _normalized_types(y, x, w, b):
+    """Whether the normalized-line intrinsics take these array types: y and x one float array
+    type, w and b arrays of its dtype or None."""
+    if not (isinstance(y, types.Array) and isinstance(y.dtype, types.Float) and x == y):
+        return False
+    return all(a == types.none or (isinstance(a, types.Array) and a.dtype == y.dtype)
+               for a in (w, b))  # fmt: skip
+
+
 @intrinsic
 def store_lines_normalized(typingctx, y, x, w, b, k, j, n, x0, r, cr, ahead, end):
     """n >= 1 cache lines of one row of the forward pass, from the line at flat index k (column
@@ -168,11 +177,8 @@ def store_lines_normalized(typingctx, y, x, w, b, k, j, n, x0, r, cr, ahead, end
     scalars, converted to the dtype; k, j, n, ahead, end: integers. &y[k] must be
     LINE_BYTES-aligned. The arithmetic is ``store_seam_normalized``'s.
     """
-    if not (isinstance(y, types.Array) and isinstance(y.dtype, types.Float) and x == y):
+    if not _normalized_types(y, x, w, b):
         return None
-    for a in (w, b):
-        if not (a == types.none or (isinstance(a, types.Array) and a.dtype == y.dtype)):
-            return None
     sig = types.void(y, x, w, b, k, j, n, x0, r, cr, ahead, end)
 
     def codegen(context, builder, signature, args):
@@ -229,11 +235,8 @@ def store_seam_normalized(typingctx, y, yk, x, xk, w, b, wk, x0, r, cr, s):
     and written with one non-temporal store. w and b hold the weights and biases of the line's
     lanes' columns, from wk (see ``store_seam_backward``), or None. &y[yk] must be
     LINE_BYTES-aligned."""
-    if not (isinstance(y, types.Array) and isinstance(y.dtype, types.Float) and x == y):
+    if not _normalized_types(y, x, w, b):
         return None
-    for a in (w, b):
-        if not (a == types.none or (isinstance(a, types.Array) and a.dtype == y.dtype)):
-            return None
     if not (
         all(isinstance(t, types.UniTuple) and t.count == 2 for t in (x0, r, cr))
         and isinstance(s, types.Integer)
