@@ -189,8 +189,16 @@ def test_new_outputs_start_where_the_passes_write_them_fastest(rng, monkeypatch,
     monkeypatch.setattr(K, "STREAM_MIN_BYTES", x.nbytes)
     monkeypatch.setattr(K, "BACKWARD_STREAM_MIN_BYTES", x.nbytes)
     assert K.forward_out_place(x) == K.backward_out_place(dy, x) == (page_offset, 4096)
-    other = empty_at(x.shape, np.float32, (page_offset + 16) % PAGE, PAGE)
-    assert K.backward_out_place(other, x) == (0, LINE_BYTES)  # dy elsewhere within a line
+    # dy elsewhere: dx at whichever of x's and dy's places the other follows within half a page
+    for shift, place in [(16, page_offset), (2032, page_offset), (-16, page_offset - 16),
+                         (-64, page_offset - 64), (2064, page_offset + 2064)]:  # fmt: skip
+        other = empty_at(x.shape, np.float32, (page_offset + shift) % PAGE, PAGE)
+        assert K.backward_out_place(other, x) == (place % PAGE, PAGE), shift
+        assert K.backward_out_place(x, other) == (place % PAGE, PAGE), shift
+    other = empty_at(x.shape, np.float32, (page_offset + 64) % PAGE, PAGE)
+    other[...] = dy
+    assert (L.layer_norm_backward(other, x, *L.layer_norm_forward(x, w, b)[1:], w)[0].ctypes.data
+            - x.ctypes.data) % PAGE == 0  # fmt: skip
     ys, dx = outputs()
     assert all((y.ctypes.data - x.ctypes.data) % 4096 == 0 for y in ys)
     assert (dx.ctypes.data - x.ctypes.data) % 4096 == 0
