@@ -12,7 +12,8 @@ The arrays start where NumPy's large arrays start in a fresh process, 16 bytes p
 (``placed``), whatever the allocator's state after the shapes before: how far apart within a
 page an output and its input start changes the forward's time and the plain copy's (see
 ``lnnumba.cpu.norm.forward_out_place``), and glibc's placement of a large array depends on what
-the process has freed before. The forward into an output 48 bytes further on is timed too.
+the process has freed before. The forward into an output 48 bytes further on is timed too, and
+the backward of a dy 48 bytes further on (``lnnumba.cpu.norm.backward_out_place``).
 
     python benchmarks/compare.py [--quick] [--json results.json]
 
@@ -212,6 +213,8 @@ def bench_shape(M, N, dtype, rows, quick):
     b = (0.1 * rng.standard_normal(N)).astype(dtype)
     z[...] = x  # normalized in place, again and again (it stays normalized)
     y48 = placed((M, N), dtype, 16 + 48)  # an output 48 bytes past x's place within a page
+    dy48 = placed((M, N), dtype, 16 + 48)  # a gradient 48 bytes past x's place
+    dy48[...] = dy
     nt = numba.get_num_threads()
     _, mean, rstd = lnnumba.layer_norm_forward(x, w, b)
     _, rrstd = lnnumba.rms_norm_forward(x, w)
@@ -221,6 +224,7 @@ def bench_shape(M, N, dtype, rows, quick):
         "ln_fwd_alloc": lambda: lnnumba.layer_norm(x, w, b),
         "ln_fwd_inplace": lambda: lnnumba.layer_norm(z, w, b, out=z),
         "ln_bwd": lambda: lnnumba.layer_norm_backward(dy, x, mean, rstd, w),
+        "ln_bwd_dy48": lambda: lnnumba.layer_norm_backward(dy48, x, mean, rstd, w),
         "rms_fwd": lambda: lnnumba.rms_norm(x, w, out=y),
         "rms_fwd_alloc": lambda: lnnumba.rms_norm(x, w),
         "rms_bwd": lambda: lnnumba.rms_norm_backward(dy, x, rrstd, w),
@@ -273,6 +277,7 @@ def bench_shape(M, N, dtype, rows, quick):
         "fwd_vs_numpy": t["numpy_fwd"] / t["ln_fwd_alloc"],
         "in_place_vs_out": t["ln_fwd"] / t["ln_fwd_inplace"],
         "y48_vs_y": t["ln_fwd_y48"] / t["ln_fwd"],
+        "dy48_vs_dy": t["ln_bwd_dy48"] / t["ln_bwd"],
     }
     if torch is not None:
         r["fwd_vs_torch"] = t["torch_fwd"] / t["ln_fwd_alloc"]

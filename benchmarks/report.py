@@ -105,6 +105,12 @@ def _y48(r):
     return f"{r['y48_vs_y']:.2f}x" if "y48_vs_y" in r else "n/a"
 
 
+def _dy48(r):
+    """The backward's time with dy 48 bytes past x's place within a page, against at x's
+    place, from a table row ("n/a" in records from before it was timed)."""
+    return f"{r['dy48_vs_dy']:.2f}x" if "dy48_vs_dy" in r else "n/a"
+
+
 def _serving_floor_text(r):
     """What bounds the batch-of-one step at H=256, with the run's own figures (r: its
     serving record)."""
@@ -252,13 +258,17 @@ fresh process; into an
 `out=` 48 bytes further on, the forward took {_y48(r4)} as long at 4096x1024 float32 in this run
 and {_y48(r8)} at 8192x4096 (an output of the caller's own, placed by whatever the process's
 allocator did before). A streamed
-backward's new dx starts at x's place within a cache line (16 bytes past one for NumPy's large
-arrays), so that its lines and those of x and dy align alike: 1.4-1.7x at 4096x1024 float32
-against dx on a line boundary. Outputs allocated per call (the
-`ln fwd µs` and `ln bwd µs` columns include them) of 1 MB and up come from lnnumba's pool of
-reused memory (`lnnumba._memory`), not from fresh pages, which the OS zeroes on first touch
-(glibc maps allocations of 32 MB and up anew each time, and smaller ones whenever its heap has
-handed them back); PyTorch allocates them anew.
+backward's new dx starts at x's place within a page where dy starts there too (16 bytes past a
+cache line for NumPy's large arrays), so that its lines and those of x and dy align alike:
+1.4-1.7x at 4096x1024 float32 against dx on a line boundary. Where dy starts elsewhere, dx
+starts at the place of whichever of x and dy the other follows within half a page, so that no
+line of dx overlaps in those bits a line of either loaded after it; with dy 48 bytes past x's
+place the backward took {_dy48(r4)} as long at 4096x1024 float32 in this run and {_dy48(r8)} at
+8192x4096 (1.36-1.8x faster at 4096x1024 than with dx on the line boundary it took before).
+Outputs allocated per call (the `ln fwd µs` and `ln bwd µs` columns include them) of 1 MB
+and up come from lnnumba's pool of reused memory (`lnnumba._memory`), not from fresh pages,
+which the OS zeroes on first touch (glibc maps allocations of 32 MB and up anew each time, and
+smaller ones whenever its heap has handed them back); PyTorch allocates them anew.
 NumPy's large arrays start 16 bytes past a cache line;
 the backward's pass with ordinary stores (below 16 MB) starts its vector lines at the output's
 first line boundary, and takes the columns around them as whole lines overlapping them, so
