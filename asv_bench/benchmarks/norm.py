@@ -4,6 +4,7 @@ copy roofline) as tracked figures."""
 import numpy as np
 
 import lnnumba
+from lnnumba._memory import PAGE, empty_at
 
 from .common import best_seconds, copy_parallel, data
 
@@ -34,6 +35,10 @@ class LayerNorm:
         self.z = self.x.copy()  # normalized in place, again and again (it stays normalized)
         lnnumba.layer_norm(self.z, self.w, self.b, out=self.z)
         copy_parallel(self.y, self.x)
+        # the same gradient 48 bytes past x's place within a page (see backward_out_place)
+        self.dy48 = empty_at(self.x.shape, dtype, (self.x.ctypes.data + 48) % PAGE, PAGE)
+        self.dy48[...] = self.dy
+        lnnumba.layer_norm_backward(self.dy48, self.x, self.mean, self.rstd, self.w)
 
     def time_forward(self, shape, dtype):
         lnnumba.layer_norm(self.x, self.w, self.b, out=self.y)
@@ -50,6 +55,9 @@ class LayerNorm:
 
     def time_backward(self, shape, dtype):
         lnnumba.layer_norm_backward(self.dy, self.x, self.mean, self.rstd, self.w)
+
+    def time_backward_dy_elsewhere(self, shape, dtype):
+        lnnumba.layer_norm_backward(self.dy48, self.x, self.mean, self.rstd, self.w)
 
     def track_forward_GBps(self, shape, dtype):
         t = best_seconds(lambda: lnnumba.layer_norm(self.x, self.w, self.b, out=self.y))
