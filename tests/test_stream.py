@@ -659,15 +659,15 @@ def test_public_forward_in_place(rng, shape):
 
 @pytest.mark.parametrize("norm", ["layer", "rms"])
 def test_public_backward_places_a_streamed_dx_where_x_starts(monkeypatch, rng, norm):
-    # where the backward streams, a new dx starts at x's place within a line when dy starts
-    # there too (the streamed lines are dx's), else on a line boundary; the gradients are the
-    # reference's either way
+    # where the backward streams, a new dx starts at x's place or dy's within a page (the
+    # streamed lines are dx's): at the one the other follows within half a page, so that
+    # neither starts just before dx; the gradients are the reference's wherever that is
     monkeypatch.setattr(K, "BACKWARD_STREAM_MIN_BYTES", 0)
     M, N = 1024, 64  # 256 KB: past the small paths' pool threshold, parallel
     x0 = (3 + make(rng, (M, N), np.float32)).astype(np.float32)
     dy0 = make(rng, (M, N), np.float32)
     w = make(rng, N, np.float32)
-    for xoff, dyoff, want in [(4, 4, 16), (12, 12, 48), (0, 0, 0), (4, 8, 0)]:
+    for xoff, dyoff, want in [(4, 4, 16), (12, 12, 48), (0, 0, 0), (4, 8, None)]:
         x, dy = at_offset((M, N), np.float32, xoff), at_offset((M, N), np.float32, dyoff)
         x[:], dy[:] = x0, dy0
         for direct in (True, False):  # the short path's checks, and the full ones (3-d)
@@ -680,7 +680,12 @@ def test_public_backward_places_a_streamed_dx_where_x_starts(monkeypatch, rng, n
                 _, r = L.rms_norm_forward(xs, w)
                 got = L.rms_norm_backward(dys, xs, r, w)
                 ref = R.rms_norm_backward(dys, xs, R.rms_norm_forward(xs, w)[1], w)
-            assert got[0].ctypes.data % LINE_BYTES == want, (xoff, dyoff, direct)
+            at = got[0].ctypes.data % PAGE
+            assert at in (x.ctypes.data % PAGE, dy.ctypes.data % PAGE), (xoff, dyoff, direct)
+            for a in (x, dy):  # neither starts before dx, within half a page
+                assert (a.ctypes.data - at) % PAGE <= PAGE // 2, (xoff, dyoff, direct)
+            if want is not None:  # x and dy at one place within a line: dx there too
+                assert at % LINE_BYTES == want, (xoff, dyoff, direct)
             for a, b in zip(got, ref):
                 assert rel_err(a, b) < 1e-4, (xoff, dyoff, direct)
     assert np.array_equal(x, x0) and np.array_equal(dy, dy0)
