@@ -658,7 +658,7 @@ def test_public_forward_in_place(rng, shape):
 
 
 @pytest.mark.parametrize("norm", ["layer", "rms"])
-def test_public_backward_places_a_streamed_dx_where_x_starts(monkeypatch, rng, norm):
+def test_public_backward_places_a_streamed_dx_where_x_or_dy_starts(monkeypatch, rng, norm):
     # where the backward streams, a new dx starts at x's place or dy's within a page (the
     # streamed lines are dx's): at the one the other follows within half a page, so that
     # neither starts just before dx; the gradients are the reference's wherever that is
