@@ -99,16 +99,12 @@ def _stream_gains(rows):
     )
 
 
-def _y48(r):
-    """The forward's time into an output 48 bytes past x's place within a page, against x's
-    place, from a table row ("n/a" in records from before it was timed)."""
-    return f"{r['y48_vs_y']:.2f}x" if "y48_vs_y" in r else "n/a"
-
-
-def _dy48(r):
-    """The backward's time with dy 48 bytes past x's place within a page, against at x's
-    place, from a table row ("n/a" in records from before it was timed)."""
-    return f"{r['dy48_vs_dy']:.2f}x" if "dy48_vs_dy" in r else "n/a"
+def _times(r, key):
+    """A ratio of times from a table row as "1.23x" ("n/a" in records from before it was
+    timed): ``y48_vs_y``, the forward into an output 48 bytes past x's place within a page
+    against at x's place; ``dy48_vs_dy``, the backward of a dy 48 bytes past x's place against
+    at it."""
+    return f"{r[key]:.2f}x" if key in r else "n/a"
 
 
 def _serving_floor_text(r):
@@ -144,6 +140,8 @@ def render(data, gpu):
     info = data["cpu"]["info"]
     rows = data["cpu"]["results"]
     r1, r4, r8 = _row(rows, "1x1024"), _row(rows, "4096x1024"), _row(rows, "8192x4096")
+    y48_4, y48_8 = _times(r4, "y48_vs_y"), _times(r8, "y48_vs_y")
+    dy48_4, dy48_8 = _times(r4, "dy48_vs_dy"), _times(r8, "dy48_vs_dy")
     rms = [min(r["rms_fwd_vs_ln"], r["rms_bwd_vs_ln"]) for r in rows]
     st = data["startup"]
     cl = {(r["case"], r.get("H")): r for r in data["cells"]}
@@ -255,15 +253,15 @@ past x's place overlaps, in the low 12 address bits a core compares first, the n
 whose load issued after the store would wait for it (1.2-1.4x at 4096x1024 float32 before
 either). The tables' arrays all start 16 bytes past a page, as NumPy's large arrays do in a
 fresh process; into an
-`out=` 48 bytes further on, the forward took {_y48(r4)} as long at 4096x1024 float32 in this run
-and {_y48(r8)} at 8192x4096 (an output of the caller's own, placed by whatever the process's
+`out=` 48 bytes further on, the forward took {y48_4} as long at 4096x1024 float32 in this run
+and {y48_8} at 8192x4096 (an output of the caller's own, placed by whatever the process's
 allocator did before). A streamed
 backward's new dx starts at x's place within a page where dy starts there too (16 bytes past a
 cache line for NumPy's large arrays), so that its lines and those of x and dy align alike:
 1.4-1.7x at 4096x1024 float32 against dx on a line boundary. Where dy starts elsewhere, dx
 starts at the place of whichever of x and dy the other follows within half a page, so that no
 line of dx overlaps in those bits a line of either loaded after it; with dy 48 bytes past x's
-place the backward took {_dy48(r4)} as long at 4096x1024 float32 in this run and {_dy48(r8)} at
+place the backward took {dy48_4} as long at 4096x1024 float32 in this run and {dy48_8} at
 8192x4096 (1.36-1.8x faster at 4096x1024 than with dx on the line boundary it took before).
 Outputs allocated per call (the `ln fwd µs` and `ln bwd µs` columns include them) of 1 MB
 and up come from lnnumba's pool of reused memory (`lnnumba._memory`), not from fresh pages,

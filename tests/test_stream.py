@@ -18,12 +18,11 @@ PAST = K.STREAM_PREFETCH_BYTES // 4  # float32 columns past the streamed passes'
 
 
 def at_offset(shape, dtype, offset):
-    """A C-contiguous array of NaNs starting ``offset`` elements past a line boundary."""
-    n = int(np.prod(shape))
-    per_line = LINE_BYTES // np.dtype(dtype).itemsize
-    buf = np.full(n + 2 * per_line, np.nan, dtype)
-    start = (-buf.ctypes.data % LINE_BYTES) // buf.itemsize + offset
-    a = buf[start : start + n].reshape(shape)
+    """A C-contiguous array of NaNs starting ``offset`` elements (fewer than a line's) past a
+    line boundary."""
+    shape = (shape,) if isinstance(shape, int) else shape
+    a = empty_at(shape, dtype, offset * np.dtype(dtype).itemsize, LINE_BYTES)
+    a[...] = np.nan
     assert (a.ctypes.data - offset * a.itemsize) % LINE_BYTES == 0
     return a
 
@@ -188,7 +187,7 @@ def test_new_outputs_start_where_the_passes_write_them_fastest(rng, monkeypatch,
     assert K.forward_out_place(x) == K.backward_out_place(dy, x) == (0, LINE_BYTES)
     monkeypatch.setattr(K, "STREAM_MIN_BYTES", x.nbytes)
     monkeypatch.setattr(K, "BACKWARD_STREAM_MIN_BYTES", x.nbytes)
-    assert K.forward_out_place(x) == K.backward_out_place(dy, x) == (page_offset, 4096)
+    assert K.forward_out_place(x) == K.backward_out_place(dy, x) == (page_offset, PAGE)
     # dy elsewhere: dx at whichever of x's and dy's places the other follows within half a page
     for shift, place in [(16, page_offset), (2032, page_offset), (-16, page_offset - 16),
                          (-64, page_offset - 64), (2064, page_offset + 2064)]:  # fmt: skip
@@ -200,8 +199,8 @@ def test_new_outputs_start_where_the_passes_write_them_fastest(rng, monkeypatch,
     assert (L.layer_norm_backward(other, x, *L.layer_norm_forward(x, w, b)[1:], w)[0].ctypes.data
             - x.ctypes.data) % PAGE == 0  # fmt: skip
     ys, dx = outputs()
-    assert all((y.ctypes.data - x.ctypes.data) % 4096 == 0 for y in ys)
-    assert (dx.ctypes.data - x.ctypes.data) % 4096 == 0
+    assert all((y.ctypes.data - x.ctypes.data) % PAGE == 0 for y in ys)
+    assert (dx.ctypes.data - x.ctypes.data) % PAGE == 0
     for y in ys[:2]:
         assert rel_err(y, yr) < 1e-5
     assert dx_err(dx, dxr, rr, dy, w) < 1e-4
