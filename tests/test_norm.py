@@ -713,14 +713,22 @@ def test_array_likes_are_accepted():
 
 def test_backward_partial_sums_start_where_dx_does():
     # the scratch partial sums start as far past a cache line boundary as dx does, so that
-    # dx's line-aligned columns are line-aligned in them too; each offset's views are reused
+    # dx's line-aligned columns are line-aligned in them too, and away from dx's place within
+    # a page and from each other's (their shifts); each offset's views are reused
+    from lnnumba._memory import PAGE
     from lnnumba.cpu.stream import LINE_BYTES
 
+    shifts = (K.PARTIALS_W_SHIFT, K.PARTIALS_B_SHIFT)
+    assert all(s % LINE_BYTES == 0 and LINE_BYTES <= s <= PAGE - LINE_BYTES for s in shifts)
+    assert abs(shifts[0] - shifts[1]) >= LINE_BYTES
     for dtype in (np.float32, np.float64):
-        for offset in range(0, LINE_BYTES, np.dtype(dtype).itemsize):
+        size = np.dtype(dtype).itemsize
+        for offset in [*range(0, LINE_BYTES, size), 16 + 1024, PAGE - size, 3 * PAGE // 4 + 48]:
             pw, pb = K._scratch_partials(3, 40, dtype, offset)
             assert pw.shape == pb.shape == (3, 40) and pw.dtype == pb.dtype == dtype
-            assert pw.ctypes.data % LINE_BYTES == pb.ctypes.data % LINE_BYTES == offset
+            assert pw.ctypes.data % LINE_BYTES == pb.ctypes.data % LINE_BYTES == offset % LINE_BYTES
+            assert pw.ctypes.data % PAGE == (offset + K.PARTIALS_W_SHIFT) % PAGE
+            assert pb.ctypes.data % PAGE == (offset + K.PARTIALS_B_SHIFT) % PAGE
             assert pw.flags.c_contiguous and not np.shares_memory(pw, pb)
             again = K._scratch_partials(3, 40, dtype, offset)
             assert again[0] is pw and again[1] is pb
