@@ -1346,16 +1346,16 @@ def _scratch_partials(nc, N, dtype, offset):
     views = bufs[3].get(offset)
     if views is None:
         views = bufs[3][offset] = (
-            _view_at(bufs[1], nc, N, (offset + PARTIALS_W_SHIFT) % PAGE),
-            _view_at(bufs[2], nc, N, (offset + PARTIALS_B_SHIFT) % PAGE),
+            _view_at(bufs[1], nc, N, (offset + PARTIALS_W_SHIFT) % PAGE, PAGE),
+            _view_at(bufs[2], nc, N, (offset + PARTIALS_B_SHIFT) % PAGE, PAGE),
         )
     return views
 
 
-def _view_at(buf, nc, N, offset):
-    """The (nc, N) view of the flat array buf (of at least nc * N + ``PAGE`` / itemsize
-    elements) whose data start ``offset`` bytes past a ``PAGE`` boundary."""
-    k = (offset - buf.ctypes.data) % PAGE // buf.itemsize
+def _view_at(buf, nc, N, offset, align=LINE_BYTES):
+    """The (nc, N) view of the flat array buf (of at least nc * N + ``align`` / itemsize
+    elements) whose data start ``offset`` bytes past an ``align``-byte boundary."""
+    k = (offset - buf.ctypes.data) % align // buf.itemsize
     return buf[k : k + nc * N].reshape(nc, N)
 
 
