@@ -1361,7 +1361,10 @@ def _scratch_partials(nc, N, dtype, offset):
       by side in one process: at 4096x1024 against both at dx's place 1.12-1.29x, against the
       allocator's places (64 bytes apart, elsewhere in the page) 0.97-1.16x, median 1.05x; the
       whole change against the former placement's package, 4096x1024 0.95-1.13x over six
-      runs, 2048x1024 1.05-1.08x, 8192x4096 0.99-1.03x, 8192x256 (not streamed) 0.98-1.0x.
+      runs (the medians of 25 interleaved rounds' ratios in two more: 0.96x and 1.01x),
+      2048x1024 1.05-1.08x, 8192x4096 0.99-1.03x, 8192x256 (not streamed) 0.98-1.0x. So no
+      gain on average where the allocator happens to place them well; it removes the cases
+      where it does not.
 
     The views at each offset are made once (a small output's offset changes from call to
     call)."""
