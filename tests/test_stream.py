@@ -563,6 +563,14 @@ def first_pass_mean(x):
     return K.row_stats_one_pass(x, x[0], 1e-5, True)[0]
 
 
+def stats_exact(mean, rstd, x, eps=1e-5):
+    """Whether a row's (mean, rstd) are its float64 ones to 4 units in the last place of x's
+    dtype: the mean relative to |mean| + the spread, rstd relative to itself. x: (N,)."""
+    m, s = x.astype(np.float64).mean(), x.astype(np.float64).std()
+    tol = 4 * np.finfo(x.dtype).eps
+    return abs(mean - m) <= tol * (abs(m) + s) and abs(rstd - 1 / np.sqrt(s**2 + eps)) <= tol * rstd
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_row_stats_retry_is_exact_and_falls_back_to_two_passes(rng, dtype):
     # the second pass, shifted by the first pass's mean, gives the float64 statistics to a few
@@ -574,11 +582,8 @@ def test_row_stats_retry_is_exact_and_falls_back_to_two_passes(rng, dtype):
         np.concatenate([[dtype(5e3)], make(rng, 999, dtype)]).astype(dtype),
         (-7 + 1e-3 * make(rng, 333, dtype)).astype(dtype),
     ]:
-        mean, var = x.astype(np.float64).mean(), x.astype(np.float64).var()
         x0, c, r = K.row_stats_retry(x, first_pass_mean(x), 1e-5, True)
-        tol = 4 * np.finfo(dtype).eps
-        assert abs(x0 + c - mean) <= tol * (abs(mean) + np.sqrt(var))
-        assert abs(r - 1 / np.sqrt(var + 1e-5)) <= tol * r
+        assert stats_exact(x0 + c, r, x)
     x = make(rng, 64, dtype)
     x[5] = np.inf
     got = K.row_stats_retry(x, first_pass_mean(x), 1e-5, True)
@@ -603,9 +608,6 @@ def test_outlier_rows_take_the_fallback_statistics_on_every_forward_path(rng, N)
     x0[odd, 0] = 3e3
     rest = [i for i in range(M) if i not in odd]
     assert not any(K.row_stats_one_pass(x0[i], x0[i, 0], 1e-5, True)[3] for i in odd)
-    mean = x0.astype(np.float64).mean(1)
-    std = x0.astype(np.float64).std(1)
-    tol = 4 * np.finfo(dtype).eps
     w, b = make(rng, N, dtype), make(rng, N, dtype)
     yr = R.layer_norm_forward(x0, w, b)[0]
     first = None
@@ -624,8 +626,7 @@ def test_outlier_rows_take_the_fallback_statistics_on_every_forward_path(rng, N)
             fwd(y, m, r, x, w, b, 1e-5, True, block, stream, 2)
             case = (fwd.__name__, block, stream, inplace)
             for i in odd:
-                assert abs(m[i] - mean[i]) <= tol * (abs(mean[i]) + std[i]), (case, i)
-                assert abs(r[i] - 1 / np.sqrt(std[i] ** 2 + 1e-5)) <= tol * r[i], (case, i)
+                assert stats_exact(m[i], r[i], x0[i]), (case, i)
             if first is None:
                 first = m, r
             elif np.array_equal(m[rest], first[0][rest]) and np.array_equal(
@@ -646,11 +647,7 @@ def test_row_ln_takes_the_fallback_statistics_for_an_outlier_first_element(rng):
     mean, rstd = K.row_ln(y, x, None, None, 1e-5, True)
     assert not K.row_stats_one_pass(x, x[0], 1e-5, True)[3]
     # exact (the one pass alone, cancelling about 8 bits here, is not), as the forward's
-    m, s = x.astype(np.float64).mean(), x.astype(np.float64).std()
-    tol = 4 * np.finfo(np.float32).eps
-    assert (
-        abs(mean - m) <= tol * (abs(m) + s) and abs(rstd - 1 / np.sqrt(s**2 + 1e-5)) <= tol * rstd
-    )
+    assert stats_exact(mean, rstd, x)
     fm, fr = np.empty(1, np.float32), np.empty(1, np.float32)
     K.forward_serial(np.empty((1, 256), np.float32), fm, fr, x[None], None, None, 1e-5, True,
                      False, False, 1)  # fmt: skip
