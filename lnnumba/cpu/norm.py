@@ -268,9 +268,9 @@ def row_stats_retry(x, k, eps, center):
     the median of 30 interleaved rounds' ratios: 4096x1024 1.02-1.06x faster (two runs),
     8192x4096 1.02x, 8192x256 0.98x, 64x1024 1.01x; RMSNorm, which has no fallback, 0.99-1.0x.
 
-    A looser test in ``stats_from_sums`` (``ms * ms <= 15 * var``, up to 4 bits lost; for
-    0.01% of such rows) measured 1.07x at 4096x1024 and 1.05x at 64x1024 with this fallback:
-    not taken, for those two bits.
+    A looser test in ``stats_from_sums`` (``ms * ms <= 15 * var``: up to 4 bits lost, and
+    0.01% of such rows falling back) measured 1.07x at 4096x1024 and 1.05x at 64x1024 with
+    this fallback: not taken, for those two bits.
     """
     x0, c, r, ok = row_stats_one_pass(x, k, eps, center)
     if ok:
