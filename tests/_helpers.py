@@ -41,3 +41,27 @@ def fd_check(loss, targets, h=1e-6, tol=1e-6):
             flat[i] = old
             num = (fp - fm) / (2 * h)
             assert abs(num - gflat[i]) < tol * (1 + abs(num)), (i, num, gflat[i])
+
+
+def spy_drivers(monkeypatch, record):
+    """Calls ``record(name, args)`` on every call of a CPU driver (``forward_serial``,
+    ``forward_parallel``, ``backward_serial``, ``backward_parallel``) for the rest of the test:
+    the drivers are called through their entry points (``cpu.norm.entry_point``), made anew
+    here."""
+    from lnnumba.cpu import norm as K
+
+    entry_point = K.entry_point
+
+    def spied_entry(dispatcher, args):
+        f = entry_point(dispatcher, args)
+        name = dispatcher.__name__
+
+        def spied(*a):
+            record(name, a)
+            return f(*a)
+
+        return spied
+
+    monkeypatch.setattr(K, "entry_point", spied_entry)
+    for entries in ("forward_entries", "forward_parallel_entries", "backward_entries"):
+        monkeypatch.setattr(K, entries, {})

@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from _helpers import dx_err, make, rel_err
+from _helpers import dx_err, make, rel_err, spy_drivers
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -147,14 +147,7 @@ def test_slow_launch_layer_raises_the_parallel_threshold(rng, monkeypatch):
 
     assert K.slow_parallel_launch() == (numba.threading_layer() in K.SLOW_LAUNCH_LAYERS)
     calls = []
-    for name in ("forward_parallel", "backward_parallel"):
-        orig = getattr(K, name)
-
-        def counted(*a, _orig=orig, _name=name):
-            calls.append(_name)
-            return _orig(*a)
-
-        monkeypatch.setattr(K, name, counted)
+    spy_drivers(monkeypatch, lambda name, a: calls.append(name) if "parallel" in name else None)
     small = make(rng, (256, 512), np.float32)  # parallel unless launches are slow
     large = make(rng, (K.SLOW_LAUNCH_PARALLEL_MIN_ELEMENTS // 512, 512), np.float32)
     assert K.PARALLEL_MIN_ELEMENTS <= small.size < K.SLOW_LAUNCH_PARALLEL_MIN_ELEMENTS

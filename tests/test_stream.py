@@ -5,7 +5,7 @@ import threading
 
 import numpy as np
 import pytest
-from _helpers import dx_err, make, rel_err
+from _helpers import dx_err, make, rel_err, spy_drivers
 
 import lnnumba as L
 from lnnumba import reference as R
@@ -126,14 +126,7 @@ def test_public_calls_stream_large_outputs(rng, monkeypatch):
         L.rms_norm(x, w),
     ]
     streamed = []
-    for name in ("forward_parallel", "forward_serial", "backward_parallel", "backward_serial"):
-        orig = getattr(K, name)
-
-        def spy(*a, _orig=orig):
-            streamed.append(a[-2] if "forward" in _orig.__name__ else a[-1])
-            return _orig(*a)
-
-        monkeypatch.setattr(K, name, spy)
+    spy_drivers(monkeypatch, lambda name, a: streamed.append(a[-2] if "forward" in name else a[-1]))
     assert not K._streams(x, K.STREAM_MIN_BYTES)  # 320 KB: ordinary stores
     assert not K._streams(x, K.BACKWARD_STREAM_MIN_BYTES)
     monkeypatch.setattr(K, "STREAM_MIN_BYTES", x.nbytes)

@@ -78,3 +78,30 @@ def test_workqueue_layer_does_not_abort():
     )
     assert p.returncode == 0, p.stderr[-2000:]
     assert "layer workqueue ok" in p.stdout
+
+
+def test_thread_count_follows_each_threads_setting(rng):
+    """The forward's thread count (``num_threads``, Numba's own getter without its locks) is
+    each calling thread's ``numba.set_num_threads``, in threads that set it and threads that
+    did not, and results are the same either way."""
+    import numba
+
+    from lnnumba.cpu import norm as K
+
+    x = rng.standard_normal((256, 512)).astype(np.float32)  # the parallel path
+    want = L.layer_norm(x)
+    assert K._thread_count is not None  # the pool started, and the getter taken
+    total = numba.config.NUMBA_NUM_THREADS
+
+    def work(n):
+        before = K.num_threads()
+        if n:
+            numba.set_num_threads(n)
+        return before, K.num_threads(), numba.get_num_threads(), L.layer_norm(x)
+
+    with ThreadPoolExecutor(1) as ex:
+        for n in (0, 1, total):
+            before, after, numba_says, y = ex.submit(work, n).result()
+            assert after == numba_says == (n or before)
+            np.testing.assert_array_equal(y, want)
+    assert K.num_threads() == numba.get_num_threads()

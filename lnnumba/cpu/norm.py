@@ -37,6 +37,7 @@ import numba
 import numpy as np
 from numba import get_num_threads, njit, prange, types
 from numba.extending import overload
+from numba.np.ufunc import parallel as _numba_parallel
 
 from .._memory import PAGE
 from .stream import (
@@ -1232,11 +1233,30 @@ _slow_launch = None
 def slow_parallel_launch():
     """Whether Numba's threading layer is one of ``SLOW_LAUNCH_LAYERS``. Starts Numba's thread
     pool on the first call (which fixes the layer), as the first parallel call would."""
-    global _slow_launch
+    global _slow_launch, _thread_count
     if _slow_launch is None:
         get_num_threads()  # starts the pool; the layer is known from then on
         _slow_launch = numba.threading_layer() in SLOW_LAUNCH_LAYERS
+        # the pool's own getter, now that it is started (see ``num_threads``)
+        _thread_count = getattr(_numba_parallel, "_get_num_threads", None)
     return _slow_launch
+
+
+# ``numba.get_num_threads()`` takes two locks on every call (whether the pool has started):
+# 1.0-1.8 us, against 0.2 us for the thread pool's own getter behind it, a tenth of a parallel
+# forward call at 64x1024 float32. ``num_threads`` calls that getter once the pool has started
+# (``slow_parallel_launch``, which every parallel path asks first), where Numba has it.
+_thread_count = None
+
+
+def num_threads():
+    """``numba.get_num_threads()``: the calling thread's number of threads for parallel work
+    (``numba.set_num_threads``), without its locks once the pool has started."""
+    if _thread_count is not None:
+        n = _thread_count()
+        if n > 0:
+            return n
+    return get_num_threads()
 
 
 def _streams(x, min_bytes):
@@ -1295,6 +1315,9 @@ def entry_point(dispatcher, args):
 # b is None): with every array C-contiguous of x's dtype (the callers' contract), that key fixes
 # the signature. ``lnnumba.norm`` calls the entries without statistics directly for small inputs.
 forward_entries = {}
+# The same for ``forward_parallel``: Numba's type dispatch of its 11 arguments costs about
+# 0.7 us a call.
+forward_parallel_entries = {}
 
 
 def forward(y, mean, rstd, x, w, b, eps, center):
@@ -1313,24 +1336,33 @@ def forward_unaliased(y, mean, rstd, x, w, b, eps, center):
     """``forward`` with y None for in place, or memory that x does not share: for callers that
     know which (an output they just allocated, or their own check), to whom the overlap test
     would cost about 0.2 us a call. Shapes and dtypes as ``forward``."""
+    key = (x.dtype, y is None, mean is None, rstd is None, w is None, b is None)
     if x.size < PARALLEL_MIN_ELEMENTS:
-        key = (x.dtype, y is None, mean is None, rstd is None, w is None, b is None)
-        f = forward_entries.get(key)
-        if f is None:
-            args = (y, mean, rstd, x, w, b, eps, center, False, False, 1)
-            f = forward_entries[key] = entry_point(forward_serial, args)
+        f = forward_entries.get(key) or _forward_entry(forward_serial, forward_entries, key, y,
+                                                       mean, rstd, x, w, b)  # fmt: skip
         f(y, mean, rstd, x, w, b, eps, center, False, False, 1)
         return
     block = x.nbytes > FORWARD_BLOCK_MIN_BYTES
     stream = _streams(x, STREAM_MIN_BYTES if y is not None else 2 * STREAM_MIN_BYTES)
     if x.shape[0] > 1 and _parallel_pays(x.size) and parallel_lock.acquire(False):
         try:
-            nt = get_num_threads()
-            forward_parallel(y, mean, rstd, x, w, b, eps, center, block, stream, nt)
+            f = forward_parallel_entries.get(key) or _forward_entry(
+                forward_parallel, forward_parallel_entries, key, y, mean, rstd, x, w, b
+            )
+            f(y, mean, rstd, x, w, b, eps, center, block, stream, num_threads())
         finally:
             parallel_lock.release()
     else:
-        forward_serial(y, mean, rstd, x, w, b, eps, center, block, stream, 1)
+        f = forward_entries.get(key) or _forward_entry(forward_serial, forward_entries, key, y,
+                                                       mean, rstd, x, w, b)  # fmt: skip
+        f(y, mean, rstd, x, w, b, eps, center, block, stream, 1)
+
+
+def _forward_entry(driver, entries, key, y, mean, rstd, x, w, b):
+    """The entry point of ``driver`` (``forward_serial`` or ``forward_parallel``) for these
+    arrays, made and kept in ``entries`` under ``key`` (see ``forward_entries``)."""
+    f = entries[key] = entry_point(driver, (y, mean, rstd, x, w, b, 0.0, True, False, False, 1))
+    return f
 
 
 _scratch = threading.local()
@@ -1460,10 +1492,26 @@ def backward(dx, dw, db, dy, x, mean, rstd, w):
     if db is None:
         part_b = None
     stream = _streams(x, BACKWARD_STREAM_MIN_BYTES)
+    args = (dx, dw, db, part_w, part_b, dy, x, mean, rstd, w, stream)
     if nc > 1 and _parallel_pays(x.size) and parallel_lock.acquire(False):
         try:
-            backward_parallel(dx, dw, db, part_w, part_b, dy, x, mean, rstd, w, stream)
+            _backward_entry(backward_parallel, args)(*args)
         finally:
             parallel_lock.release()
     else:
-        backward_serial(dx, dw, db, part_w, part_b, dy, x, mean, rstd, w, stream)
+        _backward_entry(backward_serial, args)(*args)
+
+
+# The backward drivers' entry points by (driver, dtype, db is None, mean is None, w is None),
+# which fixes their signature as ``forward_entries``' key fixes the forward's.
+backward_entries = {}
+
+
+def _backward_entry(driver, args):
+    """The entry point of ``driver`` (``backward_serial`` or ``backward_parallel``) for
+    ``args``, its arguments (see ``entry_point``)."""
+    key = (driver, args[6].dtype, args[2] is None, args[7] is None, args[9] is None)
+    f = backward_entries.get(key)
+    if f is None:
+        f = backward_entries[key] = entry_point(driver, args)
+    return f
