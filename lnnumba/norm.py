@@ -61,7 +61,7 @@ def layer_norm(x, weight=None, bias=None, *, eps=1e-5, axis=-1, out=None):
     ----------
     x : ndarray, shape (*B, *S) with S = x.shape[axis:]
         float32 or float64 (computed natively), float16 (computed in float32), integer or bool
-        (converted to float64). Any layout; never modified.
+        (converted to float64). Any layout, read-only or not; never modified.
     weight, bias : ndarray of shape S and x's result dtype, or None (1 and 0)
     eps : float >= 0, finite
     axis : int, the first normalized dimension (negative counts from the end)

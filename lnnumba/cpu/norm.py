@@ -1301,11 +1301,16 @@ def blas_recent():
     return _clock() - _last_blas < BLAS_SPIN_S
 
 
-def entry_point(dispatcher, args):
+def entry_point(dispatcher, args, inputs=()):
     """The compiled function that ``dispatcher(*args)`` runs, callable without Numba's per-call
     type dispatch (a third of the cost of a batch-1 call). Compiles, or loads from the on-disk
-    cache, on first use."""
-    sig = tuple(dispatcher.typeof_pyval(a) for a in args)
+    cache, on first use. The arrays at the indices ``inputs``, which the function only reads,
+    are typed read-only: one compiled function then takes them writeable or not."""
+    sig = [dispatcher.typeof_pyval(a) for a in args]
+    for i in inputs:
+        if isinstance(sig[i], types.Array):
+            sig[i] = sig[i].copy(readonly=True)
+    sig = tuple(sig)
     if sig not in dispatcher.overloads:
         dispatcher.compile(sig)
     return dispatcher.overloads[sig].entry_point
@@ -1313,7 +1318,8 @@ def entry_point(dispatcher, args):
 
 # Serial forward entry points by (dtype, y is None, mean is None, rstd is None, w is None,
 # b is None): with every array C-contiguous of x's dtype (the callers' contract), that key fixes
-# the signature. ``lnnumba.norm`` calls the entries without statistics directly for small inputs.
+# the signature, its inputs typed read-only (``entry_point``), so that read-only arrays take the
+# same entries. ``lnnumba.norm`` calls the entries without statistics directly for small inputs.
 forward_entries = {}
 # The same for ``forward_parallel``: Numba's type dispatch of its 11 arguments costs about
 # 0.7 us a call.
@@ -1361,8 +1367,18 @@ def forward_unaliased(y, mean, rstd, x, w, b, eps, center):
 def _forward_entry(driver, entries, key, y, mean, rstd, x, w, b):
     """The entry point of ``driver`` (``forward_serial`` or ``forward_parallel``) for these
     arrays, made and kept in ``entries`` under ``key`` (see ``forward_entries``)."""
-    f = entries[key] = entry_point(driver, (y, mean, rstd, x, w, b, 0.0, True, False, False, 1))
+    f = entries[key] = driver_entry(driver, (y, mean, rstd, x, w, b, 0.0, True, False, False, 1))
     return f
+
+
+def driver_entry(driver, args):
+    """The entry point (``entry_point``) of a driver (``forward_serial``, ``forward_parallel``,
+    ``backward_serial``, ``backward_parallel``) for ``args``, its arguments, with the arrays it
+    only reads typed read-only: x (unless the forward writes it in place: y None), w and b;
+    dy, x, mean, rstd and w. The drivers are called so, read-only arrays or not."""
+    if driver is forward_serial or driver is forward_parallel:
+        return entry_point(driver, args, (4, 5) if args[0] is None else (3, 4, 5))
+    return entry_point(driver, args, (5, 6, 7, 8, 9))
 
 
 _scratch = threading.local()
@@ -1513,5 +1529,5 @@ def _backward_entry(driver, args):
     key = (driver, args[6].dtype, args[2] is None, args[7] is None, args[9] is None)
     f = backward_entries.get(key)
     if f is None:
-        f = backward_entries[key] = entry_point(driver, args)
+        f = backward_entries[key] = driver_entry(driver, args)
     return f
