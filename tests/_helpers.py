@@ -65,12 +65,3 @@ def spy_drivers(monkeypatch, record):
     monkeypatch.setattr(K, "entry_point", spied_entry)
     for entries in ("forward_entries", "forward_parallel_entries", "backward_entries"):
         monkeypatch.setattr(K, entries, {})
-
-
-def call_driver(driver, *args):
-    """``driver(*args)`` for a CPU driver (``cpu.norm.forward_serial`` and the like) as the
-    package calls it: through its entry point (``cpu.norm.driver_entry``), its inputs typed
-    read-only, so that the tests run the compiled code the public functions run."""
-    from lnnumba.cpu import norm as K
-
-    return K.driver_entry(driver, args)(*args)

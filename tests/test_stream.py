@@ -5,7 +5,7 @@ import threading
 
 import numpy as np
 import pytest
-from _helpers import call_driver, dx_err, make, rel_err, spy_drivers
+from _helpers import dx_err, make, rel_err, spy_drivers
 
 import lnnumba as L
 from lnnumba import reference as R
@@ -71,13 +71,13 @@ def test_streamed_passes_match_the_reference(rng, dtype, N, offset, affine):
         dxr, dwr, dbr = R.layer_norm_backward(dy, x, mr, rr, w)
         for fwd in (K.forward_serial, K.forward_parallel):
             y, m, r = at_offset((M, N), dtype, offset), np.empty(M, dtype), np.empty(M, dtype)
-            call_driver(fwd, y, m, r, x, w, b, 1e-5, True, True, True, 2)
+            fwd(y, m, r, x, w, b, 1e-5, True, True, True, 2)
             assert rel_err(y, yr) < tol and rel_err(r, rr.ravel()) < tol
         for bwd in (K.backward_serial, K.backward_parallel):
             part = np.full((K.n_chunks(M), N), np.nan, dtype)
             dx = at_offset((M, N), dtype, offset)
             dw, db = np.empty(N, dtype), np.empty(N, dtype)
-            call_driver(bwd, dx, dw, db, part, part.copy(), dy, x, m, r, w, True)
+            bwd(dx, dw, db, part, part.copy(), dy, x, m, r, w, True)
             assert dx_err(dx, dxr, rr, dy, w) < tol * 10
             assert rel_err(dw, dwr) < tol and rel_err(db, dbr) < tol
         # the streaming loops do every row, or nothing where the rows are not in phase
@@ -88,12 +88,12 @@ def test_streamed_passes_match_the_reference(rng, dtype, N, offset, affine):
             assert loop(*args, 0, M) == (M if in_phase else 0)
         # RMSNorm
         y, r = at_offset((M, N), dtype, offset), np.empty(M, dtype)
-        call_driver(K.forward_serial, y, None, r, x, w, None, 1e-6, False, True, True, 1)
+        K.forward_serial(y, None, r, x, w, None, 1e-6, False, True, True, 1)
         yq, rq = R.rms_norm_forward(x, w)
         assert rel_err(y, yq) < tol and rel_err(r, rq.ravel()) < tol
         dx, dw = at_offset((M, N), dtype, offset), np.empty(N, dtype)
         part = np.empty((K.n_chunks(M), N), dtype)
-        call_driver(K.backward_serial, dx, dw, None, part, None, dy, x, None, r, w, True)
+        K.backward_serial(dx, dw, None, part, None, dy, x, None, r, w, True)
         dxq, dwq = R.rms_norm_backward(dy, x, rq, w)
         assert dx_err(dx, dxq, rq, dy, w) < tol * 10 and rel_err(dw, dwq) < tol
 
@@ -105,12 +105,12 @@ def test_streamed_passes_keep_large_means_accurate(rng):
     dy = rng.standard_normal((12, N)).astype(np.float32)
     w = (1 + 0.1 * rng.standard_normal(N)).astype(np.float32)
     y, m, r = at_offset((12, N), np.float32, 0), np.empty(12), np.empty(12)
-    call_driver(K.forward_serial, y, m, r, x, w, None, 1e-5, True, True, True, 1)
+    K.forward_serial(y, m, r, x, w, None, 1e-5, True, True, True, 1)
     yr, mr, rr = R.layer_norm_forward(x, w)
     assert rel_err(y, yr) < 1e-4 and rel_err(m, mr.ravel()) < 1e-7
     dx, dw, db = at_offset((12, N), np.float32, 0), np.empty(N, np.float32), np.empty(N, np.float32)
     part = np.empty((K.n_chunks(12), N), np.float32)
-    call_driver(K.backward_serial, dx, dw, db, part, part.copy(), dy, x, m.astype(np.float32),
+    K.backward_serial(dx, dw, db, part, part.copy(), dy, x, m.astype(np.float32),
                       r.astype(np.float32), w, True)  # fmt: skip
     for a, b_ in zip((dx, dw, db), R.layer_norm_backward(dy, x, mr, rr, w)):
         assert rel_err(a, b_) < 1e-4
@@ -441,15 +441,15 @@ def test_forward_rows_two_at_a_time(rng, dtype, N):
                 x[:] = x0
                 y = x if inplace else at_offset((M, N), dtype, 2)
                 m, r = np.empty(M, dtype), np.empty(M, dtype)
-                call_driver(fwd, y, m, r, x, w, b, 1e-5, True, False, False, 2)
+                fwd(y, m, r, x, w, b, 1e-5, True, False, False, 2)
                 case = (M, fwd.__name__, inplace)
                 assert rel_err(y, yr) < tol and rel_err(m, mr.ravel()) < tol, case
                 assert rel_err(r, rr.ravel()) < tol, case
                 x[:] = x0
-                call_driver(fwd, y, None, r, x, w, None, 1e-6, False, False, False, 2)
+                fwd(y, None, r, x, w, None, 1e-6, False, False, False, 2)
                 assert rel_err(y, yq) < tol and rel_err(r, rq.ravel()) < tol, case
                 x[:] = x0
-                call_driver(fwd, y, None, None, x, None, None, 1e-5, True, False, False, 2)
+                fwd(y, None, None, x, None, None, 1e-5, True, False, False, 2)
                 assert rel_err(y, R.layer_norm_forward(x0)[0]) < tol, case
                 if not inplace:
                     assert np.array_equal(x, x0), case
@@ -616,7 +616,7 @@ def test_outlier_rows_take_the_fallback_statistics_on_every_forward_path(rng, N)
             x[:] = x0
             y = x if inplace else at_offset((M, N), dtype, 3)
             m, r = np.empty(M, dtype), np.empty(M, dtype)
-            call_driver(fwd, y, m, r, x, w, b, 1e-5, True, block, stream, 2)
+            fwd(y, m, r, x, w, b, 1e-5, True, block, stream, 2)
             case = (fwd.__name__, block, stream, inplace)
             for i in odd:
                 assert stats_exact(m[i], r[i], x0[i]), (case, i)
@@ -642,8 +642,8 @@ def test_row_ln_takes_the_fallback_statistics_for_an_outlier_first_element(rng):
     # exact (the one pass alone, cancelling about 8 bits here, is not), as the forward's
     assert stats_exact(mean, rstd, x)
     fm, fr = np.empty(1, np.float32), np.empty(1, np.float32)
-    y1 = np.empty((1, 256), np.float32)
-    call_driver(K.forward_serial, y1, fm, fr, x[None], None, None, 1e-5, True, False, False, 1)
+    K.forward_serial(np.empty((1, 256), np.float32), fm, fr, x[None], None, None, 1e-5, True,
+                     False, False, 1)  # fmt: skip
     assert np.float32(mean) == fm[0] and np.float32(rstd) == fr[0]
     assert rel_err(y, R.layer_norm_forward(x[None])[0][0]) < 1e-4
 
@@ -675,9 +675,9 @@ def test_forward_in_place_matches_a_separate_output_on_every_path(rng, dtype, N,
         x = at_offset((M, N), dtype, 3)
         x[:] = x0
         y, m, r = at_offset((M, N), dtype, 3), np.empty(M, dtype), np.empty(M, dtype)
-        call_driver(fwd, y, m, r, x, w, b, 1e-5, center, block, stream, 2)
+        fwd(y, m, r, x, w, b, 1e-5, center, block, stream, 2)
         mi, ri = np.empty(M, dtype), np.empty(M, dtype)
-        call_driver(fwd, None, mi, ri, x, w, b, 1e-5, center, block, stream, 2)
+        fwd(None, mi, ri, x, w, b, 1e-5, center, block, stream, 2)
         case = (fwd.__name__, N, block, stream, center)
         if fused:
             tol = 1e-6 if dtype == np.float32 else 1e-14

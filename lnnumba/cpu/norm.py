@@ -1304,12 +1304,19 @@ def blas_recent():
 def entry_point(dispatcher, args, inputs=()):
     """The compiled function that ``dispatcher(*args)`` runs, callable without Numba's per-call
     type dispatch (a third of the cost of a batch-1 call). Compiles, or loads from the on-disk
-    cache, on first use. The arrays at the indices ``inputs``, which the function only reads,
-    are typed read-only: one compiled function then takes them writeable or not."""
+    cache, on first use.
+
+    The arrays at the indices ``inputs``, which the function only reads, are typed writeable,
+    read-only or not: the entry point takes a read-only array where its type says writeable
+    (Numba checks writeability in its dispatch, which entry points skip), so read-only inputs
+    run the function writeable ones compiled. Compiled for read-only types instead, the
+    forward's intrinsics would not take them, and the drivers' inner functions, which the
+    tests also call with writeable arrays, compile twice: 1.5x the tests' time.
+    ``test_read_only_inputs_take_every_path`` checks that read-only inputs are taken."""
     sig = [dispatcher.typeof_pyval(a) for a in args]
     for i in inputs:
         if isinstance(sig[i], types.Array):
-            sig[i] = sig[i].copy(readonly=True)
+            sig[i] = sig[i].copy(readonly=False)
     sig = tuple(sig)
     if sig not in dispatcher.overloads:
         dispatcher.compile(sig)
@@ -1318,7 +1325,7 @@ def entry_point(dispatcher, args, inputs=()):
 
 # Serial forward entry points by (dtype, y is None, mean is None, rstd is None, w is None,
 # b is None): with every array C-contiguous of x's dtype (the callers' contract), that key fixes
-# the signature, its inputs typed read-only (``entry_point``), so that read-only arrays take the
+# the signature, its inputs typed writeable (``entry_point``), so that read-only arrays take the
 # same entries. ``lnnumba.norm`` calls the entries without statistics directly for small inputs.
 forward_entries = {}
 # The same for ``forward_parallel``: Numba's type dispatch of its 11 arguments costs about
@@ -1343,25 +1350,23 @@ def forward_unaliased(y, mean, rstd, x, w, b, eps, center):
     know which (an output they just allocated, or their own check), to whom the overlap test
     would cost about 0.2 us a call. Shapes and dtypes as ``forward``."""
     key = (x.dtype, y is None, mean is None, rstd is None, w is None, b is None)
-    if x.size < PARALLEL_MIN_ELEMENTS:
-        f = forward_entries.get(key) or _forward_entry(forward_serial, forward_entries, key, y,
-                                                       mean, rstd, x, w, b)  # fmt: skip
-        f(y, mean, rstd, x, w, b, eps, center, False, False, 1)
-        return
-    block = x.nbytes > FORWARD_BLOCK_MIN_BYTES
-    stream = _streams(x, STREAM_MIN_BYTES if y is not None else 2 * STREAM_MIN_BYTES)
-    if x.shape[0] > 1 and _parallel_pays(x.size) and parallel_lock.acquire(False):
-        try:
-            f = forward_parallel_entries.get(key) or _forward_entry(
-                forward_parallel, forward_parallel_entries, key, y, mean, rstd, x, w, b
-            )
-            f(y, mean, rstd, x, w, b, eps, center, block, stream, num_threads())
-        finally:
-            parallel_lock.release()
-    else:
-        f = forward_entries.get(key) or _forward_entry(forward_serial, forward_entries, key, y,
-                                                       mean, rstd, x, w, b)  # fmt: skip
-        f(y, mean, rstd, x, w, b, eps, center, block, stream, 1)
+    block = stream = False
+    if x.size >= PARALLEL_MIN_ELEMENTS:
+        block = x.nbytes > FORWARD_BLOCK_MIN_BYTES
+        stream = _streams(x, STREAM_MIN_BYTES if y is not None else 2 * STREAM_MIN_BYTES)
+        if x.shape[0] > 1 and _parallel_pays(x.size) and parallel_lock.acquire(False):
+            try:
+                f = forward_parallel_entries.get(key) or _forward_entry(
+                    forward_parallel, forward_parallel_entries, key, y, mean, rstd, x, w, b
+                )
+                f(y, mean, rstd, x, w, b, eps, center, block, stream, num_threads())
+            finally:
+                parallel_lock.release()
+            return
+    f = forward_entries.get(key) or _forward_entry(
+        forward_serial, forward_entries, key, y, mean, rstd, x, w, b
+    )
+    f(y, mean, rstd, x, w, b, eps, center, block, stream, 1)
 
 
 def _forward_entry(driver, entries, key, y, mean, rstd, x, w, b):
@@ -1374,8 +1379,8 @@ def _forward_entry(driver, entries, key, y, mean, rstd, x, w, b):
 def driver_entry(driver, args):
     """The entry point (``entry_point``) of a driver (``forward_serial``, ``forward_parallel``,
     ``backward_serial``, ``backward_parallel``) for ``args``, its arguments, with the arrays it
-    only reads typed read-only: x (unless the forward writes it in place: y None), w and b;
-    dy, x, mean, rstd and w. The drivers are called so, read-only arrays or not."""
+    only reads typed writeable, read-only or not: x (unless the forward writes it in place:
+    y None), w and b; dy, x, mean, rstd and w."""
     if driver is forward_serial or driver is forward_parallel:
         return entry_point(driver, args, (4, 5) if args[0] is None else (3, 4, 5))
     return entry_point(driver, args, (5, 6, 7, 8, 9))

@@ -151,10 +151,8 @@ def _prefetch(builder, p):
 
 def _normalized_types(y, x, w, b):
     """Whether the normalized-line intrinsics take these array types: y and x one float array
-    type (x read-only or not), w and b arrays of its dtype or None."""
-    if not (isinstance(y, types.Array) and isinstance(y.dtype, types.Float)):
-        return False
-    if not (isinstance(x, types.Array) and x.copy(readonly=False) == y.copy(readonly=False)):
+    type, w and b arrays of its dtype or None."""
+    if not (isinstance(y, types.Array) and isinstance(y.dtype, types.Float) and x == y):
         return False
     return all(a == types.none or (isinstance(a, types.Array) and a.dtype == y.dtype)
                for a in (w, b))  # fmt: skip
