@@ -693,6 +693,48 @@ def test_eps_is_used(rng):
         )
 
 
+@pytest.mark.parametrize(
+    "shape,stream,block",
+    [
+        ((4, 9), False, False),  # the short path, serial
+        ((256, 256), False, False),  # rows two at a time, parallel
+        ((256, 320), False, False),  # rows split at line boundaries
+        ((256, 320), True, False),  # streamed
+        ((64, 1040), False, True),  # blocks of four rows, fused with the next's sums
+    ],
+)
+def test_eps_zero_and_a_row_without_spread(rng, monkeypatch, shape, stream, block):
+    # eps = 0 is allowed: a row of equal elements (all zeros for RMSNorm) then has rstd = 1/0 =
+    # inf and NaN outputs and gradients, as the reference's, on every path; the other rows are
+    # untouched, and nothing raises (a division by zero inside a kernel used to raise
+    # ZeroDivisionError, or SystemError from a parallel region)
+    x, dy = make(rng, shape, np.float32), make(rng, shape, np.float32)
+    w, b = make(rng, shape[1], np.float32), make(rng, shape[1], np.float32)
+    if stream:
+        for name in ("STREAM_MIN_BYTES", "BACKWARD_STREAM_MIN_BYTES"):
+            monkeypatch.setattr(K, name, x.nbytes)
+    if block:
+        monkeypatch.setattr(K, "FORWARD_BLOCK_MIN_BYTES", 0)
+    x[1] = 2.5
+    x[2] = 0.0
+    ok = np.ones(shape[0], bool)
+    ok[[1, 2]] = False
+    with np.errstate(divide="ignore", invalid="ignore"):
+        y, m, r = L.layer_norm_forward(x, w, b, eps=0)
+        want = R.layer_norm_forward(x, w, b, eps=0)[0]
+        dx, dw, db = L.layer_norm_backward(dy, x, m, r, w)
+        yq, rq = L.rms_norm_forward(x, w, eps=0)
+        (dxq,) = L.rms_norm_backward(dy, x, rq, w)[:1]
+    assert r[1, 0] == r[2, 0] == rq[2, 0] == np.inf
+    for a in (y, L.layer_norm(x, w, b, eps=0), dx):
+        assert np.isnan(a[[1, 2]]).all() and np.isfinite(a[ok]).all()
+    assert rel_err(y[ok], want[ok]) < TOL[np.float32]
+    for a in (yq, L.rms_norm(x, w, eps=0), dxq):
+        assert np.isnan(a[2]).all() and np.isfinite(a[ok | (np.arange(shape[0]) == 1)]).all()
+    assert np.isnan(dw).all()  # every column has a row's NaN term
+    np.testing.assert_allclose(db, dy.sum(0, dtype=np.float64), rtol=1e-5, atol=1e-4)
+
+
 def test_either_byte_order_gives_the_same_bits(rng):
     """Arrays of the other byte order (here big-endian, as read from some files) are taken as
     NumPy takes them: converted, with results in the machine's order, or written to ``out`` in

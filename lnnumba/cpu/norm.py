@@ -143,7 +143,11 @@ PARTIALS_B_SHIFT = 3072
 _CHUNK_ROWS = 32
 _MAX_CHUNKS = 64
 
-_jit = dict(nogil=True, cache=True)
+# NumPy's error model: a float division by zero gives inf or NaN, as in NumPy, instead of
+# raising ZeroDivisionError (which a parallel region cannot even raise cleanly). With eps = 0
+# a row of equal elements (an all-zero row for RMSNorm) has rstd = 1/0 = inf and NaN outputs,
+# as the reference's.
+_jit = dict(nogil=True, cache=True, error_model="numpy")
 # Reductions: reassociation lets LLVM vectorize them; each difference inside is a single one,
 # which reassociation cannot regroup.
 _jit_reduce = dict(_jit, fastmath=FASTMATH)
