@@ -177,7 +177,10 @@ def store_lines_normalized(typingctx, y, x, w, b, k, j, n, x0, r, cr, ahead, end
     alone or neither, which measured alike; in a busier state (copy about 800 us) all ran
     alike. Not changed by where w and b sit within a page (also both one array), by a prefetch
     distance of 8 KB instead of 16, by loading w's and b's next lines before this line's store,
-    nor by adding b without contraction: not found.
+    nor by adding b without contraction: not found. Inlined into ``_forward_rows_stream``, the
+    loop reloads two pointers and a bound from the stack at each line; made a function of its
+    own (not inlined, every value in a register), it measured 0.89-1.09x over six runs through
+    ``layer_norm(x, w, b, out=y)`` at 4096x1024 and 8192x4096: not kept.
 
     y, x: 1-d C-contiguous arrays of one float dtype (the same array in place: each line is
     still read before it is written); w, b: 1-d of that dtype, or None (1 and 0); x0, r, cr:
