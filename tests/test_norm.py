@@ -567,16 +567,29 @@ def test_inputs_are_never_modified(rng):
         np.testing.assert_array_equal(a, c)
 
 
+# One shape for each of the CPU drivers' paths, with the thresholds that route it there
+# (``take_path``): (shape, stream, block).
+PATHS = [
+    ((4, 9), False, False),  # the short path, serial
+    ((256, 256), False, False),  # rows two at a time, parallel
+    ((256, 320), False, False),  # rows split at line boundaries
+    ((256, 320), True, False),  # streamed
+    ((64, 1040), False, True),  # blocks of four rows, fused with the next's sums
+]
+
+
+def take_path(monkeypatch, x, stream, block):
+    """Routes x (and a backward pass of x's shape) to a path of ``PATHS``."""
+    if stream:
+        for name in ("STREAM_MIN_BYTES", "BACKWARD_STREAM_MIN_BYTES"):
+            monkeypatch.setattr(K, name, x.nbytes)
+    if block:
+        monkeypatch.setattr(K, "FORWARD_BLOCK_MIN_BYTES", 0)
+
+
 @pytest.mark.parametrize(
     "shape,stream,block,dtype",
-    [
-        ((4, 9), False, False, np.float32),  # the short path, serial
-        ((4, 9), False, False, np.float64),
-        ((256, 256), False, False, np.float32),  # rows two at a time, parallel
-        ((256, 320), False, False, np.float32),  # rows split at line boundaries
-        ((256, 320), True, False, np.float32),  # streamed
-        ((64, 1040), False, True, np.float32),  # blocks of four rows, fused with the next's sums
-    ],
+    [(*p, np.float32) for p in PATHS] + [((4, 9), False, False, np.float64)],
 )
 def test_read_only_inputs_take_every_path(rng, monkeypatch, shape, stream, block, dtype):
     # inputs whose memory cannot be written (np.load(..., mmap_mode="r"), np.frombuffer of
@@ -584,11 +597,7 @@ def test_read_only_inputs_take_every_path(rng, monkeypatch, shape, stream, block
     # compiled driver (made anew here)
     x, dy = make(rng, shape, dtype), make(rng, shape, dtype)
     w, b = make(rng, shape[1], dtype), make(rng, shape[1], dtype)
-    if stream:
-        for name in ("STREAM_MIN_BYTES", "BACKWARD_STREAM_MIN_BYTES"):
-            monkeypatch.setattr(K, name, x.nbytes)
-    if block:
-        monkeypatch.setattr(K, "FORWARD_BLOCK_MIN_BYTES", 0)
+    take_path(monkeypatch, x, stream, block)
     spy_drivers(monkeypatch, lambda name, a: None)
 
     def frozen(a):
@@ -693,16 +702,7 @@ def test_eps_is_used(rng):
         )
 
 
-@pytest.mark.parametrize(
-    "shape,stream,block",
-    [
-        ((4, 9), False, False),  # the short path, serial
-        ((256, 256), False, False),  # rows two at a time, parallel
-        ((256, 320), False, False),  # rows split at line boundaries
-        ((256, 320), True, False),  # streamed
-        ((64, 1040), False, True),  # blocks of four rows, fused with the next's sums
-    ],
-)
+@pytest.mark.parametrize("shape,stream,block", PATHS)
 def test_eps_zero_and_a_row_without_spread(rng, monkeypatch, shape, stream, block):
     # eps = 0 is allowed: a row of equal elements (all zeros for RMSNorm) then has rstd = 1/0 =
     # inf and NaN outputs and gradients, as the reference's, on every path; the other rows are
@@ -710,11 +710,7 @@ def test_eps_zero_and_a_row_without_spread(rng, monkeypatch, shape, stream, bloc
     # ZeroDivisionError, or SystemError from a parallel region)
     x, dy = make(rng, shape, np.float32), make(rng, shape, np.float32)
     w, b = make(rng, shape[1], np.float32), make(rng, shape[1], np.float32)
-    if stream:
-        for name in ("STREAM_MIN_BYTES", "BACKWARD_STREAM_MIN_BYTES"):
-            monkeypatch.setattr(K, name, x.nbytes)
-    if block:
-        monkeypatch.setattr(K, "FORWARD_BLOCK_MIN_BYTES", 0)
+    take_path(monkeypatch, x, stream, block)
     x[1] = 2.5
     x[2] = 0.0
     ok = np.ones(shape[0], bool)
