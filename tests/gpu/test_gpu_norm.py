@@ -146,17 +146,53 @@ def test_lean_launch_matches_the_dispatcher():
         return [a.copy_to_host() for a in (y, m, r, *g, z, rr)]
 
     run()  # compiles; later calls take the lean launch
-    fast = run()
-    assert all(k._fn is not None for k in gn._KERNELS.values())
+    fast = run()  # through cuLaunchKernel
+    kernels = list(gn._KERNELS.values())
+    assert all(k._fn is not None and k._direct for k in kernels)
     try:
-        for k in gn._KERNELS.values():
+        for k in kernels:
+            k._direct = False
+        core = run()  # through cuda.core's launch
+        for k in kernels:
             k.enabled, k._fn = False, None
-        slow = run()
+        slow = run()  # through Numba's dispatcher
     finally:
-        for k in gn._KERNELS.values():
+        for k in kernels:
             k.enabled = True
-    for a, c in zip(fast, slow):
-        np.testing.assert_array_equal(a, c)
+    for a, c, d in zip(fast, core, slow):
+        np.testing.assert_array_equal(a, d)
+        np.testing.assert_array_equal(c, d)
+
+
+@pytest.mark.skipif(_simulator(), reason="the simulator runs launches in the calling thread")
+def test_lean_launches_from_many_threads():
+    """Each thread packs its launches' parameters into a buffer of its own: 8 threads calling at
+    once get the results of one thread calling alone."""
+    import threading
+
+    arrays = []
+    for i in range(8):
+        x, w, b, _ = data(300 + 37 * i, 3 + i, np.float32, seed=i)
+        arrays.append(tuple(cuda.to_device(a) for a in (x, w, b)))
+    want = [L.layer_norm(*a).copy_to_host() for a in arrays]
+    got = [[] for _ in arrays]
+    start = threading.Barrier(len(arrays))
+
+    def work(i):
+        start.wait()
+        for _ in range(50):
+            got[i].append(L.layer_norm(*arrays[i]))
+        cuda.synchronize()
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(arrays))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i, ys in enumerate(got):
+        assert len(ys) == 50
+        for y in ys:
+            np.testing.assert_array_equal(y.copy_to_host(), want[i])
 
 
 @pytest.mark.skipif(_simulator(), reason="the simulator's groups are one warp at most")
