@@ -12,7 +12,7 @@ of the driver's device-to-device copy (cuMemcpyDtoD) and a plain copy kernel ove
 y (2 M N 4 bytes); backward reads x and dy and writes dx (3 M N 4 bytes), timed as its two
 kernels into preallocated outputs (``bwd_call_ms``: the public call, allocations included).
 The Python-side cost of one call is the wall time per call of a tiny layer_norm, launches
-queued without synchronizing.
+queued without synchronizing, in bursts taken in turn with PyTorch's.
 """
 
 import argparse
@@ -42,7 +42,7 @@ def _timed(f, record, sync, repeat):
 
     Before each start event the GPU is given about a millisecond of sleep, so that f's launches
     are queued before the GPU reaches them: the events then time the kernels, not the Python
-    that launches them (that cost is measured apart, see call_cost_us).
+    that launches them (that cost is measured apart, see call_costs_us).
     """
     f()
     f()
@@ -165,9 +165,8 @@ def bench(M, N, use_torch, repeat):
     return r
 
 
-def _per_call_us(f, sync, n):
-    for _ in range(10):
-        f()
+def _burst_us(f, sync, n):
+    """Wall microseconds per call of f over n calls, synchronized before and after."""
     sync()
     t0 = time.perf_counter()
     for _ in range(n):
@@ -177,25 +176,37 @@ def _per_call_us(f, sync, n):
     return dt / n * 1e6
 
 
-def call_cost_us(n=2000):
-    """Wall microseconds per call of a tiny forward (1x1024 into ``out=``), launches queued
-    without synchronizing."""
+def call_costs_us(use_torch, n=400, rounds=25):
+    """Wall microseconds per call of a tiny forward (1x1024 into ``out=``), and of
+    torch.nn.functional.layer_norm on the same shape (it allocates its output) when
+    ``use_torch``, else None.
+
+    Launches are queued without synchronizing, in bursts of n calls (fewer than the GPU's launch
+    queue holds, so the GPU never holds the launching thread back) taken in turn with PyTorch's,
+    ``rounds`` times; medians. The host's speed drifts between processes and within one (the
+    same call took 11 to 20 us in one hour on one machine): bursts in turn see the same drift.
+    """
     x = cuda.to_device(np.ones((1, 1024), np.float32))
     w = cuda.to_device(np.ones(1024, np.float32))
     b = cuda.to_device(np.zeros(1024, np.float32))
     out = cuda.device_array_like(x)
-    return _per_call_us(lambda: lnnumba.layer_norm(x, w, b, out=out), cuda.synchronize, n)
+    runs = [(lambda: lnnumba.layer_norm(x, w, b, out=out), cuda.synchronize)]
+    if use_torch:
+        import torch
 
-
-def torch_call_cost_us(n=2000):
-    """The same for torch.nn.functional.layer_norm (it allocates its output)."""
-    import torch
-
-    x = torch.ones((1, 1024), device="cuda")
-    w = torch.ones(1024, device="cuda")
-    b = torch.zeros(1024, device="cuda")
-    f = torch.nn.functional.layer_norm
-    return _per_call_us(lambda: f(x, (1024,), w, b), torch.cuda.synchronize, n)
+        tx = torch.ones((1, 1024), device="cuda")
+        tw = torch.ones(1024, device="cuda")
+        tb = torch.zeros(1024, device="cuda")
+        F = torch.nn.functional.layer_norm
+        runs.append((lambda: F(tx, (1024,), tw, tb), torch.cuda.synchronize))
+    times = [[] for _ in runs]
+    for f, sync in runs:
+        _burst_us(f, sync, min(n, 50))  # warm-up (the first call compiles)
+    for _ in range(rounds):
+        for t, (f, sync) in zip(times, runs):
+            t.append(_burst_us(f, sync, n))
+    med = [statistics.median(t) for t in times]
+    return med[0], (med[1] if use_torch else None)
 
 
 KEYS = [
@@ -253,9 +264,10 @@ def main(argv=None):
         "set": " ".join(args.set),
     }
     rows = [bench(M, N, use_torch, repeat) for M, N in shapes]
-    info["call_cost_us"] = call_cost_us(20 if args.tiny else 2000)
+    ours, theirs = call_costs_us(use_torch, *((20, 2) if args.tiny else (400, 25)))
+    info["call_cost_us"] = ours
     if use_torch:
-        info["torch_call_cost_us"] = torch_call_cost_us()
+        info["torch_call_cost_us"] = theirs
     print(" ".join(f"{k}={v}" for k, v in info.items()))
     print(table(rows))
     if args.json:

@@ -424,10 +424,11 @@ at hidden 1024; Python-side cost of one call <= 10 us.
         f"| Python-side cost of one call <= 10 us | {cost:.1f} us | {yes(cost <= 10)} |",
         "",
         "The call cost is the wall time per `layer_norm(x, w, b, out=out)` at 1x1024, launches "
-        "queued without synchronizing"
+        "queued without synchronizing, the median of 25 bursts of 400 calls"
         + (
-            f"; `torch.nn.functional.layer_norm` took {info['torch_call_cost_us']:.1f} us in the "
-            "same run."
+            " taken in turn with bursts of `torch.nn.functional.layer_norm`, which took "
+            f"{info['torch_call_cost_us']:.1f} us. The host's speed drifts, between processes "
+            "and within one: compare the two, not either with another run's."
             if "torch_call_cost_us" in info
             else "."
         ),
