@@ -63,6 +63,12 @@ FULL_MASK = 0xFFFFFFFF
 # against 113 and ran at 0.71-0.83x.
 # Rows of 16384 still spill the backward's registers (five values an element, 32 elements a
 # thread); reading x and the weight again in its second pass instead of holding them: 0.83x.
+# Nor did a forward that holds nothing between its passes pay (H200, 2026-11-28): each of its
+# three passes read the row again, from the L2 cache, so that fewer registers would let more
+# rows be resident. Over 47 launch shapes (K 8-64, groups 128-1024, blocks 256-1024, caps of
+# 40 and 64 registers) it ran at 0.06-0.41 of the copy at 16384x4096 and 4096x16384, against
+# this kernel's 0.64 and 0.53; slower with more elements a thread and under the lower cap, as
+# register spills would make it.
 FWD_MAX_K = 16  # forward: at most this many elements per thread before a group grows
 FWD_MAX_GROUP = 512  # forward: the widest group; past it K grows (rows of 16384: K = 32)
 FWD_THREADS = 128  # forward: threads per block (at least G)
