@@ -234,6 +234,39 @@ def test_float32_large_mean_stays_accurate(rng, N):
     assert rel_err(y, R.rms_norm_forward(x, w)[0]) < 1e-4
 
 
+@pytest.mark.parametrize("M", [1, 3])
+def test_long_rows_sum_in_blocks(rng, M):
+    # rows of LONG_ROW_MIN elements or more sum in blocks added in float64 (one row: the serial
+    # driver; three: the parallel one). Summed whole in float32, these rows of 2^20 elements
+    # gave y errors of 2e-6 (LN) and 4e-5 (RMSNorm of 1e4 + N(0, 1)); in blocks, 5e-8.
+    N = 1 << 20
+    assert N >= K.LONG_ROW_MIN
+    tol = 1e-6
+    x = rng.standard_normal((M, N)).astype(np.float32)
+    x[-1, 0] = 50.0  # a shift far from the mean: the second pass of row_stats_long
+    x[0] += 3  # a row whose mean is not 0
+    w = (1 + 0.1 * rng.standard_normal(N)).astype(np.float32)
+    b = (0.1 * rng.standard_normal(N)).astype(np.float32)
+    dy = rng.standard_normal((M, N)).astype(np.float32)
+    y, m, r = L.layer_norm_forward(x, w, b)
+    yr, mr, rr = R.layer_norm_forward(x, w, b)
+    assert rel_err(y, yr) < tol and rel_err(m, mr) < tol and rel_err(r, rr) < tol
+    inplace = x.copy()
+    L.layer_norm(inplace, w, b, out=inplace)
+    np.testing.assert_array_equal(inplace, y)
+    for a, b_ in zip(
+        L.layer_norm_backward(dy, x, m, r, w), R.layer_norm_backward(dy, x, mr, rr, w)
+    ):
+        assert rel_err(a, b_) < tol
+    x = (1e4 + rng.standard_normal((M, N))).astype(np.float32)
+    y, r = L.rms_norm_forward(x)
+    yr, rr = R.rms_norm_forward(x)
+    assert rel_err(y, yr) < tol and rel_err(r, rr) < tol
+    dx, dw = L.rms_norm_backward(dy, x, r)
+    dxr, dwr = R.rms_norm_backward(dy, x, rr)
+    assert rel_err(dx, dxr) < tol and rel_err(dw, dwr) < tol
+
+
 def test_outlier_first_element_stays_accurate(rng):
     x = rng.standard_normal((3, 256)).astype(np.float32)
     x[:, 0] = 3e3  # a shift far from the mean takes the exact two-pass route

@@ -21,7 +21,9 @@ each row before summing, never E[x^2]-E[x]^2, so float32 rows with a large mean 
 stay accurate: one pass of sums shifted by the row's first element where that cancels at most
 two bits (``row_stats_one_pass``), else one more pass shifted by the mean that pass found
 (``row_stats_retry``), else the two passes of ``row_stats`` (the mean, then the sum of squared
-deviations). The weight-gradient partial sums are added up across chunks in float64.
+deviations). Rows of ``LONG_ROW_MIN`` elements or more sum in blocks of ``LONG_BLOCK`` in the
+storage dtype, the blocks' sums added in float64. The weight-gradient partial sums are added
+up across chunks in float64.
 ``fastmath`` is limited to flags that keep NaN/Inf semantics (no ``nnan``/``ninf``): a NaN or
 Inf in a row poisons that row only.
 
@@ -140,6 +142,17 @@ PARTIALS_W_SHIFT = 1024
 PARTIALS_B_SHIFT = 3072
 
 # Rows per chunk of the backward pass's weight-gradient partial sums (see ``n_chunks``).
+# Rows of at least this many elements take the long-row passes (``_forward_rows_long``,
+# ``_backward_rows_long``): their sums run in blocks of ``LONG_BLOCK`` elements in x's dtype,
+# the blocks' sums added in float64. The passes for shorter rows sum a whole row in x's dtype,
+# in as many partial sums as LLVM's vectorized loop keeps (a few dozen), each of N / 32 or so
+# terms: float32 y against the float64 reference, norm-wise, was 5e-6 up to 2^20 elements a
+# row, 2e-5 at 2^22, 1.3e-4 at 2^24, and for RMSNorm of rows of 1e4 + N(0, 1), where every
+# term of the sum of squares is positive, 4e-5 at 2^20 and 4e-4 at 2^22. In blocks: 4e-8 to 6e-8
+# at 2^18, 2^20 and 2^22, for both, and for rstd, dx and dw alike (3e-7 and 4e-6 at 2^18 before).
+LONG_ROW_MIN = 1 << 18
+LONG_BLOCK = 1 << 12
+
 _CHUNK_ROWS = 32
 _MAX_CHUNKS = 64
 
@@ -281,6 +294,38 @@ def row_stats_retry(x, k, eps, center):
     if ok:
         return x0, c, r
     return row_stats(x, eps, center)
+
+
+@njit(**_jit)
+def row_sums_long(x, k):
+    """``row_sums`` of a long row (``LONG_ROW_MIN``): (sum(x - k), sum((x - k)^2)) as float64,
+    each block of ``LONG_BLOCK`` elements summed in x's dtype by ``row_sums``. x: (N,)."""
+    n = x.shape[0]
+    s1 = 0.0
+    s2 = 0.0
+    for j0 in range(0, n, LONG_BLOCK):
+        a, q = row_sums(x[j0 : min(j0 + LONG_BLOCK, n)], k)
+        s1 += a
+        s2 += q
+    return s1, s2
+
+
+@njit(**_jit)
+def row_stats_long(x, eps, center):
+    """``row_stats`` of a long row: (x0, c, r) from sums taken in blocks (``row_sums_long``).
+
+    One pass shifted by x[0] (0 for RMSNorm) where that cancels at most two bits
+    (``stats_from_sums``); else the two passes of ``row_stats``, the mean from that pass and the
+    squared deviations from x0, the mean rounded to x's dtype, in a second. x: (N,)."""
+    n = x.shape[0]
+    t = x.dtype.type
+    k = x[0] if center else t(0)
+    s1, s2 = row_sums_long(x, k)
+    x0, c, r, ok = stats_from_sums(t, n, k, s1, s2, eps, center)
+    if not ok:
+        v = row_sums_long(x, x0)[1]
+        r = 1.0 / np.sqrt(max(v / n - c * c, 0.0) + eps)
+    return x0, c, r
 
 
 def _out(y, x):
@@ -523,6 +568,23 @@ def row_backward_sums(dy, x, w, m):
         s_e += e
         s_g += g
         s_ge += g * e
+    return s_e, s_g, s_ge
+
+
+@njit(**_jit)
+def row_backward_sums_long(dy, x, w, m):
+    """``row_backward_sums`` of a long row (``LONG_ROW_MIN``), as float64: each block of
+    ``LONG_BLOCK`` elements summed in x's dtype, the blocks' sums added in float64."""
+    n = x.shape[0]
+    s_e = 0.0
+    s_g = 0.0
+    s_ge = 0.0
+    for j0 in range(0, n, LONG_BLOCK):
+        j1 = min(j0 + LONG_BLOCK, n)
+        a, g, ge = row_backward_sums(dy[j0:j1], x[j0:j1], _cols(w, j0, j1), m)
+        s_e += a
+        s_g += g
+        s_ge += ge
     return s_e, s_g, s_ge
 
 
@@ -831,6 +893,21 @@ def _forward_rows_stream(y, mean, rstd, x, w, b, eps, center, lo, hi):
 
 
 @njit(**_jit)
+def _forward_rows_long(y, mean, rstd, x, w, b, eps, center, lo, hi):
+    """Rows lo..hi-1 of the forward pass for long rows (``LONG_ROW_MIN``): statistics from
+    sums in blocks (``row_stats_long``), then ``row_forward``'s output pass. Arguments as
+    ``_forward_rows``. Against the passes for shorter rows (blocks of four, fused), side by
+    side at 64x2^18 float32 on 2 cores: 1.23-1.36x faster (medians of 10 interleaved rounds,
+    four runs)."""
+    t = x.dtype.type
+    yo = _out(y, x)
+    for i in range(lo, hi):
+        x0, c, r = row_stats_long(x[i], eps, center)
+        row_forward(yo[i], x[i], w, b, x0, t(c * r), t(r))
+        _save_stats(mean, rstd, i, x0, c, r)
+
+
+@njit(**_jit)
 def _forward_rows(y, mean, rstd, x, w, b, eps, center, block, stream, lo, hi):
     """Rows lo..hi-1 of the forward pass; with ``block``, the output pass takes four rows at
     a time (the statistics are still taken row by row), and for rows longer than
@@ -840,11 +917,15 @@ def _forward_rows(y, mean, rstd, x, w, b, eps, center, block, stream, lo, hi):
     (``row_stats_one_pass``, ``row_forward_cols``), two rows at a time for rows up to
     ``FORWARD_PAIRS_MAX_ROW_BYTES`` (``rows2_forward_at``), longer ones split at y's line
     boundaries where there are ``LINES_MIN_ROWS`` of them (``_forward_rows_lines``), with the
-    next rows prefetched (``PREFETCH_MIN_BYTES``).
+    next rows prefetched (``PREFETCH_MIN_BYTES``). Long rows (``LONG_ROW_MIN``) take
+    ``_forward_rows_long``.
 
     y: (M, N) out, or None to write the output into x (in place; see ``_out``); mean, rstd:
     (M,) out or None; x: (M, N); w, b: (N,) or None.
     """
+    if x.shape[1] >= LONG_ROW_MIN:
+        _forward_rows_long(y, mean, rstd, x, w, b, eps, center, lo, hi)
+        return
     t = x.dtype.type
     i = lo
     if stream:  # (intrinsics, which need no y None to vectorize in place)
@@ -1144,13 +1225,37 @@ def _backward_rows(dx, dw_acc, db_acc, dy, x, mean, rstd, w, stream, lo, hi):
     dx: (M, N) out; dy, x: (M, N) C-contiguous; mean: (M,) or None (RMSNorm); rstd: (M,);
     w: (N,) or None. Rows go one at a time, each second pass a cache line at a time in vector
     registers (``_backward_rows_lines``). ``stream`` writes dx with non-temporal stores instead
-    (``_backward_rows_stream``, where dx's rows allow it), then fences them.
+    (``_backward_rows_stream``, where dx's rows allow it), then fences them. Long rows
+    (``LONG_ROW_MIN``) take ``_backward_rows_long``.
     """
+    if x.shape[1] >= LONG_ROW_MIN:
+        _backward_rows_long(dx, dw_acc, db_acc, dy, x, mean, rstd, w, lo, hi)
+        return
     if stream:
         lo = _backward_rows_stream(dx, dw_acc, db_acc, dy, x, mean, rstd, w, lo, hi)
     _backward_rows_lines(dx, dw_acc, db_acc, dy, x, mean, rstd, w, lo, hi)
     if stream:
         store_fence()
+
+
+@njit(**_jit)
+def _backward_rows_long(dx, dw_acc, db_acc, dy, x, mean, rstd, w, lo, hi):
+    """Rows lo..hi-1 of the backward pass for long rows (``LONG_ROW_MIN``): the first pass's
+    sums in blocks (``row_backward_sums_long``), then ``row_backward``. Arguments as
+    ``_backward_rows``.
+
+    Against the passes for shorter rows, side by side at 64x2^18 float32 on 2 cores: 0.93x
+    (medians of 10 interleaved rounds; the forward's long-row passes ran 1.23-1.36x faster).
+    The second pass of ``_backward_rows_lines``, a cache line at a time, made 0.97x here;
+    shared with it as an inlined function, it slowed the backward at 8192x256 to 0.79-0.86x."""
+    t = x.dtype.type
+    center = mean is not None
+    for i in range(lo, hi):
+        m = t(mean[i]) if center else t(0)
+        r = rstd[i] * 1.0
+        s_e, s_g, s_ge = row_backward_sums_long(dy[i], x[i], w, m)
+        c, a, bb = backward_coefs(x.shape[1], r, s_e, s_g, s_ge, center)
+        row_backward(dx[i], dw_acc, db_acc, dy[i], x[i], w, m, t(c * r), t(r), t(a), t(bb))
 
 
 def n_chunks(M):
