@@ -141,18 +141,18 @@ LINES_MIN_ROWS = 64
 PARTIALS_W_SHIFT = 1024
 PARTIALS_B_SHIFT = 3072
 
-# Rows per chunk of the backward pass's weight-gradient partial sums (see ``n_chunks``).
 # Rows of at least this many elements take the long-row passes (``_forward_rows_long``,
 # ``_backward_rows_long``): their sums run in blocks of ``LONG_BLOCK`` elements in x's dtype,
 # the blocks' sums added in float64. The passes for shorter rows sum a whole row in x's dtype,
 # in as many partial sums as LLVM's vectorized loop keeps (a few dozen), each of N / 32 or so
-# terms: float32 y against the float64 reference, norm-wise, was 5e-6 up to 2^20 elements a
-# row, 2e-5 at 2^22, 1.3e-4 at 2^24, and for RMSNorm of rows of 1e4 + N(0, 1), where every
-# term of the sum of squares is positive, 4e-5 at 2^20 and 4e-4 at 2^22. In blocks: 4e-8 to 6e-8
-# at 2^18, 2^20 and 2^22, for both, and for rstd, dx and dw alike (3e-7 and 4e-6 at 2^18 before).
+# terms. float32 against the float64 reference, norm-wise (y, rstd, dx and dw alike), two rows
+# of N(0, 1) summed whole: 3e-7 at 2^18 elements, 2e-6 at 2^20, 1.4e-5 at 2^22, 9e-5 at 2^24;
+# RMSNorm of rows of 1e4 + N(0, 1), where every term of the sum of squares is positive: 4e-6,
+# 4e-5, 4.3e-4, 1.9e-3. In blocks: 4e-8 to 6e-8 at every one of those lengths, for both.
 LONG_ROW_MIN = 1 << 18
 LONG_BLOCK = 1 << 12
 
+# Rows per chunk of the backward pass's weight-gradient partial sums (see ``n_chunks``).
 _CHUNK_ROWS = 32
 _MAX_CHUNKS = 64
 
